@@ -1,0 +1,225 @@
+"""The 50 columns of ``diabetic_data.csv``: the single place they are declared.
+
+Every other part of the platform (validator, feature transform, pydantic model,
+synthetic generator, stores, API, UI) derives what it needs from ``COLUMNS``.
+
+Kinds
+-----
+``id``           integer identifier, not a feature (encounter_id, patient_nbr)
+``integer``      count or duration with an inclusive range
+``code``         integer code from the hospital system with a closed set of ids
+                 (admission_type_id, ...); descriptions from ``IDs_mapping.csv``
+``category``     text with a closed set of allowed values
+``open_category`` text with the values seen in the source, but new values are
+                 legal: they are accepted and mapped to "other" by the transform
+``icd9``         an ICD-9 code (``250.83``, ``V57``, ``E888``), checked by shape
+``outcome``      the original three-valued ``readmitted`` (kept in raw data)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+MISSING = "?"
+"""The missing-value marker of the source file."""
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+"""Sentinel: the column has no default in an encounter."""
+
+Kind = Literal["id", "integer", "code", "category", "open_category", "icd9", "outcome"]
+
+ICD9_PATTERN = re.compile(r"^(?:\d{1,3}(?:\.\d{1,2})?|V\d{2}(?:\.\d{1,2})?|E\d{3}(?:\.\d{1,2})?)$")
+"""Shape of an ICD-9 code as the source writes it (no leading zeros: ``8``, ``38``, ``250.83``)."""
+
+OPEN_CATEGORY_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9&/\-]{0,63}$")
+"""Shape of a legal value of an open category (medical specialty, payer code)."""
+
+MEDICATION_STATUSES: tuple[str, ...] = ("No", "Steady", "Up", "Down")
+AGE_BRACKETS: tuple[str, ...] = tuple(f"[{a}-{a + 10})" for a in range(0, 100, 10))
+WEIGHT_BRACKETS: tuple[str, ...] = tuple(f"[{a}-{a + 25})" for a in range(0, 200, 25)) + (">200",)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the source file."""
+
+    name: str
+    kind: Kind
+    description: str
+    allowed: tuple[str, ...] | tuple[int, ...] | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    nullable: bool = False
+    """Whether the ``?`` marker (missing) is a legal value."""
+    labels: dict[int, str] = field(default_factory=dict)
+    """Human descriptions of ``code`` values (from IDs_mapping.csv)."""
+    default: object = REQUIRED
+    """Value an encounter sent to the API may omit (``REQUIRED``: it may not)."""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def python_name(self) -> str:
+        """Identifier usable as a Python attribute (``glyburide-metformin`` -> ``glyburide_metformin``)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def is_integer(self) -> bool:
+        return self.kind in ("id", "integer", "code")
+
+    @property
+    def is_feature(self) -> bool:
+        return self.kind not in ("id", "outcome")
+
+
+_ADMISSION_TYPE = {
+    1: "Emergency", 2: "Urgent", 3: "Elective", 4: "Newborn", 5: "Not Available",
+    6: "NULL", 7: "Trauma Center", 8: "Not Mapped",
+}
+_DISCHARGE_DISPOSITION = {
+    1: "Discharged to home",
+    2: "Discharged/transferred to another short term hospital",
+    3: "Discharged/transferred to SNF",
+    4: "Discharged/transferred to ICF",
+    5: "Discharged/transferred to another type of inpatient care institution",
+    6: "Discharged/transferred to home with home health service",
+    7: "Left AMA",
+    8: "Discharged/transferred to home under care of Home IV provider",
+    9: "Admitted as an inpatient to this hospital",
+    10: "Neonate discharged to another hospital for neonatal aftercare",
+    11: "Expired",
+    12: "Still patient or expected to return for outpatient services",
+    13: "Hospice / home",
+    14: "Hospice / medical facility",
+    15: "Discharged/transferred within this institution to Medicare approved swing bed",
+    16: "Discharged/transferred/referred another institution for outpatient services",
+    17: "Discharged/transferred/referred to this institution for outpatient services",
+    18: "NULL",
+    19: "Expired at home. Medicaid only, hospice.",
+    20: "Expired in a medical facility. Medicaid only, hospice.",
+    21: "Expired, place unknown. Medicaid only, hospice.",
+    22: "Discharged/transferred to another rehab fac including rehab units of a hospital",
+    23: "Discharged/transferred to a long term care hospital",
+    24: "Discharged/transferred to a nursing facility certified under Medicaid but not under Medicare",
+    25: "Not Mapped",
+    26: "Unknown/Invalid",
+    27: "Discharged/transferred to a federal health care facility",
+    28: "Discharged/transferred/referred to a psychiatric hospital or unit",
+    29: "Discharged/transferred to a Critical Access Hospital (CAH)",
+    30: "Discharged/transferred to another type of health care institution not defined elsewhere",
+}
+_ADMISSION_SOURCE = {
+    1: "Physician Referral", 2: "Clinic Referral", 3: "HMO Referral", 4: "Transfer from a hospital",
+    5: "Transfer from a Skilled Nursing Facility (SNF)", 6: "Transfer from another health care facility",
+    7: "Emergency Room", 8: "Court/Law Enforcement", 9: "Not Available",
+    10: "Transfer from critical access hospital", 11: "Normal Delivery", 12: "Premature Delivery",
+    13: "Sick Baby", 14: "Extramural Birth", 15: "Not Available", 17: "NULL",
+    18: "Transfer From Another Home Health Agency", 19: "Readmission to Same Home Health Agency",
+    20: "Not Mapped", 21: "Unknown/Invalid",
+    22: "Transfer from hospital inpatient/same facility resulting in a separate claim",
+    23: "Born inside this hospital", 24: "Born outside this hospital",
+    25: "Transfer from Ambulatory Surgery Center", 26: "Transfer from Hospice",
+}
+
+PAYER_CODES: tuple[str, ...] = (
+    "MC", "HM", "SP", "BC", "MD", "CP", "UN", "CM", "OG", "PO", "DM", "CH", "WC", "OT", "MP", "SI", "FR",
+)
+MEDICAL_SPECIALTIES: tuple[str, ...] = (
+    "AllergyandImmunology", "Anesthesiology", "Anesthesiology-Pediatric", "Cardiology",
+    "Cardiology-Pediatric", "DCPTEAM", "Dentistry", "Dermatology", "Emergency/Trauma", "Endocrinology",
+    "Endocrinology-Metabolism", "Family/GeneralPractice", "Gastroenterology", "Gynecology", "Hematology",
+    "Hematology/Oncology", "Hospitalist", "InfectiousDiseases", "InternalMedicine", "Nephrology",
+    "Neurology", "Neurophysiology", "Obsterics&Gynecology-GynecologicOnco", "Obstetrics",
+    "ObstetricsandGynecology", "Oncology", "Ophthalmology", "Orthopedics", "Orthopedics-Reconstructive",
+    "Osteopath", "Otolaryngology", "OutreachServices", "Pathology", "Pediatrics",
+    "Pediatrics-AllergyandImmunology", "Pediatrics-CriticalCare", "Pediatrics-EmergencyMedicine",
+    "Pediatrics-Endocrinology", "Pediatrics-Hematology-Oncology", "Pediatrics-InfectiousDiseases",
+    "Pediatrics-Neurology", "Pediatrics-Pulmonology", "Perinatology", "PhysicalMedicineandRehabilitation",
+    "PhysicianNotFound", "Podiatry", "Proctology", "Psychiatry", "Psychiatry-Addictive",
+    "Psychiatry-Child/Adolescent", "Psychology", "Pulmonology", "Radiologist", "Radiology", "Resident",
+    "Rheumatology", "Speech", "SportsMedicine", "Surgeon", "Surgery-Cardiovascular",
+    "Surgery-Cardiovascular/Thoracic", "Surgery-Colon&Rectal", "Surgery-General", "Surgery-Maxillofacial",
+    "Surgery-Neuro", "Surgery-Pediatric", "Surgery-Plastic", "Surgery-PlasticwithinHeadandNeck",
+    "Surgery-Thoracic", "Surgery-Vascular", "SurgicalSpecialty", "Urology",
+)
+
+MEDICATIONS: tuple[str, ...] = (
+    "metformin", "repaglinide", "nateglinide", "chlorpropamide", "glimepiride", "acetohexamide",
+    "glipizide", "glyburide", "tolbutamide", "pioglitazone", "rosiglitazone", "acarbose", "miglitol",
+    "troglitazone", "tolazamide", "examide", "citoglipton", "insulin", "glyburide-metformin",
+    "glipizide-metformin", "glimepiride-pioglitazone", "metformin-rosiglitazone", "metformin-pioglitazone",
+)
+"""The 23 medication columns: status of each drug at this encounter (No / Steady / Up / Down)."""
+
+READMITTED_VALUES: tuple[str, ...] = ("NO", ">30", "<30")
+
+
+def _code(name: str, description: str, labels: dict[int, str]) -> Column:
+    return Column(name, "code", description, allowed=tuple(sorted(labels)), labels=labels)
+
+
+def _count(name: str, description: str, maximum: int, minimum: int = 0) -> Column:
+    return Column(name, "integer", description, minimum=minimum, maximum=maximum)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("encounter_id", "id", "Unique identifier of the encounter", minimum=1, maximum=2**62, default=None),
+    Column("patient_nbr", "id", "Identifier of the patient", minimum=1, maximum=2**62, default=None),
+    Column("race", "category", "Race", nullable=True, default=None,
+           allowed=("Caucasian", "AfricanAmerican", "Hispanic", "Asian", "Other")),
+    Column("gender", "category", "Gender", allowed=("Female", "Male", "Unknown/Invalid")),
+    Column("age", "category", "Age bracket in years", allowed=AGE_BRACKETS),
+    Column("weight", "category", "Weight bracket in pounds", nullable=True, default=None, allowed=WEIGHT_BRACKETS),
+    _code("admission_type_id", "Type of admission", _ADMISSION_TYPE),
+    _code("discharge_disposition_id", "Discharge disposition", _DISCHARGE_DISPOSITION),
+    _code("admission_source_id", "Source of admission", _ADMISSION_SOURCE),
+    _count("time_in_hospital", "Days between admission and discharge", minimum=1, maximum=14),
+    Column("payer_code", "open_category", "Payer (insurance) code", nullable=True, default=None,
+           allowed=PAYER_CODES),
+    Column("medical_specialty", "open_category", "Specialty of the admitting physician", nullable=True, default=None,
+           allowed=MEDICAL_SPECIALTIES),
+    _count("num_lab_procedures", "Lab tests performed during the encounter", minimum=0, maximum=200),
+    _count("num_procedures", "Procedures (other than lab tests) performed", maximum=10),
+    _count("num_medications", "Distinct generic drugs administered", maximum=150),
+    _count("number_outpatient", "Outpatient visits in the year before the encounter", maximum=100),
+    _count("number_emergency", "Emergency visits in the year before the encounter", maximum=100),
+    _count("number_inpatient", "Inpatient visits in the year before the encounter", maximum=100),
+    Column("diag_1", "icd9", "Primary diagnosis (ICD-9)", nullable=True, default=None),
+    Column("diag_2", "icd9", "Secondary diagnosis (ICD-9)", nullable=True, default=None),
+    Column("diag_3", "icd9", "Additional secondary diagnosis (ICD-9)", nullable=True, default=None),
+    _count("number_diagnoses", "Diagnoses entered into the system", minimum=1, maximum=20),
+    Column("max_glu_serum", "category", "Glucose serum test result (None: not measured)",
+           allowed=("None", "Norm", ">200", ">300"), default="None"),
+    Column("A1Cresult", "category", "HbA1c test result (None: not measured)",
+           allowed=("None", "Norm", ">7", ">8"), default="None"),
+    *(Column(m, "category", f"Status of {m} at this encounter", allowed=MEDICATION_STATUSES, default="No")
+      for m in MEDICATIONS),
+    Column("change", "category", "Change in diabetic medications (Ch: changed)", allowed=("No", "Ch")),
+    Column("diabetesMed", "category", "Any diabetic medication prescribed", allowed=("No", "Yes")),
+    Column("readmitted", "outcome", "Readmission: NO, >30 days, <30 days", allowed=READMITTED_VALUES),
+)
+
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+ID_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.kind == "id")
+FEATURE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_feature)
+INTEGER_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_integer)
+TEXT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if not c.is_integer)
+NULLABLE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.nullable)
+OUTCOME_COLUMN = "readmitted"
+
+assert len(COLUMNS) == 50, "diabetic_data.csv has 50 columns"
+
+
+def column(name: str) -> Column:
+    """The column called ``name`` (KeyError when the contract has none)."""
+    return BY_NAME[name]

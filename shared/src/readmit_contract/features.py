@@ -1,0 +1,208 @@
+"""The feature transform: one scikit-learn transformer, fitted once, trained and served.
+
+``EncounterFeatures`` turns encounters (a DataFrame, a list of records, or one
+record: mappings of contract column name -> value) into a float matrix:
+
+- ID columns and the outcome are dropped;
+- counts pass through; prior utilisation is totalled;
+- age bracket -> years (bracket midpoint); weight bracket -> pounds + a "known" flag;
+- ICD-9 diagnoses -> clinical groups (one-hot per diagnosis slot) + "any diabetes";
+- medications -> counts prescribed / changed / up / down, plus one-hot status
+  for the drugs used often enough in the training data;
+- closed categories -> one-hot over the contract's allowed values (binary ones
+  -> a single indicator);
+- hospital codes and open categories (payer, specialty) -> one-hot over the
+  values seen at least ``min_category_count`` times when fitted; rarer and
+  unseen values share an "other" column, ``?`` has its own "missing" column.
+
+The transform never builds a DataFrame: each column is mapped with precomputed
+dictionaries, so one record costs microseconds, and a DataFrame and the same
+rows sent as records give identical features.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .columns import (
+    AGE_BRACKETS,
+    COLUMNS,
+    MEDICATION_STATUSES,
+    MEDICATIONS,
+    MISSING,
+    WEIGHT_BRACKETS,
+)
+from .icd9 import DIAGNOSIS_GROUPS, diagnosis_group
+
+MISSING_LABEL = "missing"
+OTHER_LABEL = "other"
+
+COUNT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.kind == "integer")
+PRIOR_VISIT_COLUMNS: tuple[str, ...] = ("number_outpatient", "number_emergency", "number_inpatient")
+DIAGNOSIS_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.kind == "icd9")
+LEARNED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.kind in ("code", "open_category"))
+_ORDINAL_COLUMNS = ("age", "weight")
+CLOSED_COLUMNS: tuple[str, ...] = tuple(
+    c.name
+    for c in COLUMNS
+    if c.kind == "category" and c.name not in _ORDINAL_COLUMNS and c.name not in MEDICATIONS
+)
+INPUT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_feature)
+
+_AGE_YEARS = {bracket: 5.0 + 10.0 * i for i, bracket in enumerate(AGE_BRACKETS)}
+_WEIGHT_LBS = {bracket: 12.5 + 25.0 * i for i, bracket in enumerate(WEIGHT_BRACKETS)}
+_STATUS_CODE = {status: i for i, status in enumerate(MEDICATION_STATUSES)}  # No=0, Steady, Up, Down
+_CHANGED_STATUSES = ("Up", "Down")
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value == MISSING or (isinstance(value, float) and value != value)
+
+
+def column_values(X: Any, names: Sequence[str]) -> tuple[int, dict[str, Sequence[Any]]]:
+    """Row count and, per column name, the values of ``X`` (missing as None or ``?``)."""
+    if isinstance(X, pd.DataFrame):
+        absent = [n for n in names if n not in X.columns]
+        if absent:
+            raise KeyError(f"columns missing from the frame: {absent}")
+        values: dict[str, Sequence[Any]] = {}
+        for name in names:
+            series = X[name]
+            array = series.to_numpy(dtype=object)
+            if series.hasnans:
+                array = np.where(series.isna().to_numpy(), None, array)
+            values[name] = array
+        return len(X), values
+    records = [X] if isinstance(X, Mapping) else X
+    return len(records), {name: [r.get(name) for r in records] for name in names}
+
+
+def _with_missing(lookup: dict[Any, int], index: int) -> dict[Any, int]:
+    lookup[None] = index
+    lookup[MISSING] = index
+    return lookup
+
+
+class EncounterFeatures(TransformerMixin, BaseEstimator):
+    """The contract's feature transform (see the module docstring)."""
+
+    def __init__(self, min_category_count: int = 20, min_medication_count: int = 50) -> None:
+        self.min_category_count = min_category_count
+        self.min_medication_count = min_medication_count
+
+    # -- fitting -----------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> EncounterFeatures:
+        n, cols = column_values(X, INPUT_COLUMNS)
+        if n == 0:
+            raise ValueError("cannot fit the feature transform on zero rows")
+        learned: dict[str, tuple[str, ...]] = {}
+        for name in LEARNED_COLUMNS:
+            counts = Counter(str(v) for v in cols[name] if not _is_missing(v))
+            learned[name] = tuple(
+                sorted(v for v, c in counts.items() if c >= self.min_category_count)
+            )
+        self.learned_categories_ = learned
+        self.one_hot_medications_ = tuple(
+            m
+            for m in MEDICATIONS
+            if sum(1 for v in cols[m] if v not in ("No", None, MISSING)) >= self.min_medication_count
+        )
+        self._build()
+        self.n_features_in_ = len(INPUT_COLUMNS)
+        return self
+
+    def _build(self) -> None:
+        """Feature names and the lookup tables of every one-hot block."""
+        names: list[str] = [*COUNT_COLUMNS, "prior_visits_total", "age_years", "weight_known", "weight_lbs"]
+        names += ["meds_prescribed", "meds_changed", "meds_up", "meds_down", "diag_any_diabetes"]
+        blocks: list[tuple[str, int, dict[Any, int]]] = []
+
+        def add_block(column: str, labels: Sequence[str], lookup: dict[Any, int]) -> None:
+            blocks.append((column, len(names), lookup))
+            names.extend(f"{column}={label}" for label in labels)
+
+        for c in COLUMNS:
+            if c.name not in CLOSED_COLUMNS:
+                continue
+            allowed = [str(v) for v in c.allowed or ()]
+            if len(allowed) == 2 and not c.nullable:
+                add_block(c.name, [allowed[1]], {allowed[1]: 0})
+                continue
+            labels = allowed + ([MISSING_LABEL] if c.nullable else [])
+            lookup = {v: i for i, v in enumerate(allowed)}
+            add_block(c.name, labels, _with_missing(lookup, len(allowed)) if c.nullable else lookup)
+        for name in LEARNED_COLUMNS:
+            categories = self.learned_categories_[name]
+            lookup: dict[Any, int] = {}
+            for i, v in enumerate(categories):
+                lookup[v] = i
+                if v.isdigit():  # hospital codes arrive as int or as text
+                    lookup[int(v)] = i
+            other = len(categories)
+            add_block(name, [*categories, OTHER_LABEL, MISSING_LABEL], _with_missing(lookup, other + 1))
+        for name in self.one_hot_medications_:
+            statuses = MEDICATION_STATUSES[1:]
+            add_block(name, list(statuses), {s: i for i, s in enumerate(statuses)})
+        self._blocks = blocks
+        self._other_index = {name: len(self.learned_categories_[name]) for name in LEARNED_COLUMNS}
+        self._diag_offsets = {}
+        for name in DIAGNOSIS_COLUMNS:
+            self._diag_offsets[name] = len(names)
+            names.extend(f"{name}={g}" for g in DIAGNOSIS_GROUPS)
+        self.feature_names_ = tuple(names)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "learned_categories_" in state and "_blocks" not in state:
+            self._build()
+
+    # -- transforming --------------------------------------------------------------
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "feature_names_")
+        n, cols = column_values(X, INPUT_COLUMNS)
+        out = np.zeros((n, len(self.feature_names_)), dtype=np.float64)
+        if n == 0:
+            return out
+        rows = np.arange(n)
+
+        for j, name in enumerate(COUNT_COLUMNS):
+            out[:, j] = np.asarray(cols[name], dtype=np.float64)
+        j = len(COUNT_COLUMNS)
+        out[:, j] = out[:, [COUNT_COLUMNS.index(c) for c in PRIOR_VISIT_COLUMNS]].sum(axis=1)
+        out[:, j + 1] = [_AGE_YEARS.get(v, np.nan) for v in cols["age"]]
+        weights = np.array([_WEIGHT_LBS.get(v, 0.0) for v in cols["weight"]])
+        out[:, j + 2] = weights > 0
+        out[:, j + 3] = weights
+
+        statuses = np.array([[_STATUS_CODE.get(v, 0) for v in cols[m]] for m in MEDICATIONS])
+        out[:, j + 4] = (statuses > 0).sum(axis=0)
+        out[:, j + 5] = (statuses >= _STATUS_CODE["Up"]).sum(axis=0)
+        out[:, j + 6] = (statuses == _STATUS_CODE["Up"]).sum(axis=0)
+        out[:, j + 7] = (statuses == _STATUS_CODE["Down"]).sum(axis=0)
+
+        any_diabetes = np.zeros(n, dtype=bool)
+        group_index = {g: i for i, g in enumerate(DIAGNOSIS_GROUPS)}
+        for name in DIAGNOSIS_COLUMNS:
+            groups = [group_index[diagnosis_group(v)] for v in cols[name]]
+            idx = np.fromiter(groups, dtype=np.intp, count=n)
+            out[rows, self._diag_offsets[name] + idx] = 1.0
+            any_diabetes |= idx == group_index["diabetes"]
+        out[:, j + 8] = any_diabetes
+
+        for column, offset, lookup in self._blocks:
+            default = self._other_index.get(column, -1)
+            idx = np.fromiter((lookup.get(v, default) for v in cols[column]), dtype=np.intp, count=n)
+            hit = idx >= 0
+            out[rows[hit], offset + idx[hit]] = 1.0
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "feature_names_")
+        return np.asarray(self.feature_names_, dtype=object)
