@@ -1,0 +1,79 @@
+"""
+### preprocess_incremental
+
+Cleans what the raw-load notebook put into **RawData**:
+
+1. `find_pending_batches` — raw batches (validation, test, train-NNNN) not yet in CleanData's lineage;
+2. `preprocess_batch` (one mapped task per batch) — validates the rows with the shared contract
+   (rejected rows go to `rejected_rows` with their reasons), applies the contract's cleaning
+   (hospice/expired excluded, `?` to NULL, target `readmitted_30d`) and writes the clean rows and a
+   `batch_lineage` record in one transaction;
+3. `publish` — updates the `clean_encounters` Asset when anything new was cleaned, which triggers
+   `train_and_register`.
+
+Retries come from Airflow's `AIRFLOW__CORE__DEFAULT_TASK_RETRIES` / `..._RETRY_DELAY` (2 / 30 s in the
+cluster). Idempotent: with nothing new, nothing changes; a failed task leaves no partial batch and a re-run
+picks up exactly what is still pending. Stores: `RAW_DB_URL`, `CLEAN_DB_URL`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Asset, dag, get_current_context, task
+from readmit_data.assets import CLEAN_ENCOUNTERS_ASSET
+
+
+@dag(
+    dag_id="preprocess_incremental",
+    schedule=timedelta(minutes=30),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["readmission", "data"],
+    doc_md=__doc__,
+)
+def preprocess_incremental():
+    @task
+    def find_pending_batches() -> list[str]:
+        from readmit_data.preprocessing import pending_batches
+        from readmit_data.settings import DataSettings
+        from readmit_data.stores import engines
+
+        settings = DataSettings()
+        with engines(settings.raw_db_url, settings.clean_db_url) as (raw, clean_store):
+            pending = pending_batches(raw, clean_store)
+        print(f"pending raw batches: {pending or 'none'}")
+        return pending
+
+    @task(max_active_tis_per_dagrun=1)
+    def preprocess_batch(batch_id: str) -> dict:
+        from dataclasses import asdict
+
+        from readmit_data.preprocessing import preprocess_batch as run
+        from readmit_data.settings import DataSettings
+        from readmit_data.stores import engines
+
+        settings = DataSettings()
+        run_id = get_current_context()["run_id"]
+        with engines(settings.raw_db_url, settings.clean_db_url) as (raw, clean_store):
+            lineage = run(raw, clean_store, batch_id, run_id=run_id)
+        print(lineage)
+        return asdict(lineage)
+
+    @task(outlets=[Asset(CLEAN_ENCOUNTERS_ASSET)])
+    def publish(lineages: list[dict]) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        lineages = list(lineages)
+        added = sum(item["rows_out"] for item in lineages)
+        if not added:
+            raise AirflowSkipException("no new clean rows: the clean_encounters asset is not updated")
+        summary = {"batches": [item["batch_id"] for item in lineages], "rows_out": added}
+        print(f"clean_encounters updated: {summary}")
+        return summary
+
+    publish(preprocess_batch.expand(batch_id=find_pending_batches()))
+
+
+preprocess_incremental()

@@ -1,0 +1,1 @@
+"""Node 1 logic: stores, raw loads, preprocessing. The DAGs and the notebook call into it."""

@@ -1,0 +1,76 @@
+"""Command line for node 1's jobs (scripts, tests, `make up`):
+
+    readmit-data load [--source SRC] [--batch next|all|N]   one raw batch (the notebook's job)
+    readmit-data preprocess                                 clean every pending batch (the DAG's job)
+    readmit-data status                                     rows per store and split, lineage
+
+Store URLs and defaults come from the environment (RAW_DB_URL, CLEAN_DB_URL,
+DATA_SOURCE, BATCH_SIZE, SPLIT_SEED, DATA_CACHE_DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .loading import load, raw_counts, read_source
+from .preprocessing import clean_counts, lineage_table, preprocess_pending
+from .settings import DataSettings
+from .stores import engines
+
+
+def _load(args: argparse.Namespace, settings: DataSettings) -> int:
+    source = args.source or settings.data_source
+    frame = read_source(source, settings.data_cache_dir)
+    with engines(settings.raw_db_url, settings.clean_db_url) as (raw, _):
+        reports = load(
+            raw, frame, source=source, batch=args.batch, seed=settings.split_seed,
+            batch_size=settings.batch_size, progress=not args.quiet,
+        )
+        for report in reports:
+            print(report.message)
+        print("RawData rows per split:", raw_counts(raw))
+    return 0
+
+
+def _preprocess(args: argparse.Namespace, settings: DataSettings) -> int:
+    with engines(settings.raw_db_url, settings.clean_db_url) as (raw, clean_store):
+        done = preprocess_pending(raw, clean_store)
+        if not done:
+            print("nothing new to preprocess")
+        for lineage in done:
+            print(
+                f"{lineage.batch_id}: {lineage.rows_in} in, {lineage.rows_out} clean, "
+                f"{lineage.rows_rejected} rejected, {lineage.rows_excluded} excluded ({lineage.seconds:.2f} s)"
+            )
+        print("CleanData rows per split:", clean_counts(clean_store))
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: DataSettings) -> int:
+    with engines(settings.raw_db_url, settings.clean_db_url) as (raw, clean_store):
+        print("RawData rows per split:  ", raw_counts(raw))
+        print("CleanData rows per split:", clean_counts(clean_store))
+        table = lineage_table(clean_store)
+        if not table.empty:
+            print(table[["batch_id", "rows_in", "rows_out", "rows_rejected", "rows_excluded", "seconds"]].to_string())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="readmit-data", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_load = sub.add_parser("load", help="load validation/test (first time) and one train batch into RawData")
+    p_load.add_argument("--source", help='"download", a path to diabetic_data.csv, or "synthetic:ROWS[:SEED]"')
+    p_load.add_argument("--batch", default="next", help='"next" (default), "all", or a batch number')
+    p_load.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("preprocess", help="validate and clean every raw batch not yet in CleanData")
+    sub.add_parser("status", help="rows per store and split, and the lineage table")
+    args = parser.parse_args(argv)
+    settings = DataSettings()
+    handler = {"load": _load, "preprocess": _preprocess, "status": _status}[args.command]
+    return handler(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
