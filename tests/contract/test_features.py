@@ -101,3 +101,13 @@ def test_unfitted_transform_raises(cleaned):
 
     with pytest.raises(NotFittedError):
         EncounterFeatures().transform(cleaned)
+
+
+def test_skops_round_trip_trusts_only_the_transform(fitted, cleaned):
+    """MLflow saves sklearn models with skops: the fitted transform must persist with plain values."""
+    import skops.io as sio
+
+    blob = sio.dumps(fitted)
+    assert sio.get_untrusted_types(data=blob) == ["readmit_contract.features.EncounterFeatures"]
+    restored = sio.loads(blob, trusted=["readmit_contract.features.EncounterFeatures"])
+    np.testing.assert_array_equal(restored.transform(cleaned), fitted.transform(cleaned))

@@ -25,7 +25,7 @@ from readmit_contract.columns import COLUMN_NAMES
 from sqlalchemy import Engine, func, select
 from tqdm.auto import tqdm
 
-from .stores import create_raw_schema, raw_batches, raw_encounters, utcnow
+from .stores import bulk_insert, create_raw_schema, db_timestamp, frame_rows, raw_batches, raw_encounters, utcnow
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_FRACTIONS: tuple[float, ...] = (0.70, 0.15, 0.15)
@@ -151,7 +151,8 @@ def insert_batch(
     """Insert one batch in one transaction (nothing of it stays if any part fails)."""
     started = time.perf_counter()
     now = utcnow()
-    records = rows[[*COLUMN_NAMES, "split"]].assign(batch_id=batch_id, loaded_at=now).to_dict("records")
+    columns = [*COLUMN_NAMES, "split", "batch_id", "loaded_at"]
+    records = frame_rows(rows[[*COLUMN_NAMES, "split"]].assign(batch_id=batch_id, loaded_at=db_timestamp(now)))
     with engine.begin() as conn:
         conn.execute(
             raw_batches.insert().values(
@@ -160,12 +161,13 @@ def insert_batch(
             )
         )
         with tqdm(total=len(records), desc=batch_id, unit="rows", disable=not progress, leave=False) as bar:
-            for start in range(0, len(records), INSERT_CHUNK):
-                chunk = records[start : start + INSERT_CHUNK]
-                conn.execute(raw_encounters.insert(), chunk)
-                bar.update(len(chunk))
+
+            def chunk_done(rows_done: int) -> None:
+                bar.update(rows_done - bar.n)
                 if on_chunk is not None:
-                    on_chunk(start + len(chunk))
+                    on_chunk(rows_done)
+
+            bulk_insert(conn, raw_encounters, columns, records, chunk=INSERT_CHUNK, on_chunk=chunk_done)
     return LoadReport(batch_id, split, len(records), False, time.perf_counter() - started)
 
 

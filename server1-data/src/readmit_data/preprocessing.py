@@ -26,11 +26,12 @@ from .stores import (
     create_raw_schema,
     raw_batches,
     raw_encounters,
+    bulk_insert,
+    db_timestamp,
+    frame_rows,
     rejected_rows,
     utcnow,
 )
-
-INSERT_CHUNK = 2_000
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,6 @@ def read_raw_batch(raw: Engine, batch_id: str) -> pd.DataFrame:
         return pd.read_sql(query, conn)
 
 
-def _records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as dicts with Python values and None for missing (what every DB driver takes)."""
-    return frame.astype(object).where(frame.notna(), None).to_dict("records")
-
-
-def _insert(conn, table, records: list[dict]) -> None:
-    for start in range(0, len(records), INSERT_CHUNK):
-        conn.execute(table.insert(), records[start : start + INSERT_CHUNK])
-
-
 def preprocess_batch(raw: Engine, clean_store: Engine, batch_id: str, run_id: str | None = None) -> Lineage:
     """Validate and clean one raw batch into CleanData (one transaction); idempotent."""
     started = time.perf_counter()
@@ -94,15 +85,11 @@ def preprocess_batch(raw: Engine, clean_store: Engine, batch_id: str, run_id: st
     cleaned = clean(result.valid)
     now = utcnow()
 
-    clean_rows = cleaned.clean.assign(batch_id=batch_id, cleaned_at=now)
+    clean_rows = cleaned.clean.assign(batch_id=batch_id, cleaned_at=db_timestamp(now))
+    clean_columns = [c.name for c in clean_encounters.columns]
     rejected = [
-        {
-            "batch_id": batch_id,
-            "encounter_id": str(row["encounter_id"])[:64],
-            "reason": row[REASON],
-            "row_json": json.dumps({k: row[k] for k in COLUMN_NAMES}),
-            "rejected_at": now,
-        }
+        (batch_id, str(row["encounter_id"])[:64], row[REASON], json.dumps({k: row[k] for k in COLUMN_NAMES}),
+         db_timestamp(now))
         for row in result.rejected.to_dict("records")
     ]
     lineage = Lineage(
@@ -119,8 +106,8 @@ def preprocess_batch(raw: Engine, clean_store: Engine, batch_id: str, run_id: st
         # a crashed earlier attempt cannot have left rows (one transaction), but be explicit
         conn.execute(delete(clean_encounters).where(clean_encounters.c.batch_id == batch_id))
         conn.execute(delete(rejected_rows).where(rejected_rows.c.batch_id == batch_id))
-        _insert(conn, clean_encounters, _records(clean_rows))
-        _insert(conn, rejected_rows, rejected)
+        bulk_insert(conn, clean_encounters, clean_columns, frame_rows(clean_rows[clean_columns]))
+        bulk_insert(conn, rejected_rows, ["batch_id", "encounter_id", "reason", "row_json", "rejected_at"], rejected)
         seconds = time.perf_counter() - started
         lineage = Lineage(**{**asdict(lineage), "seconds": seconds})
         conn.execute(batch_lineage.insert().values(**asdict(lineage), processed_at=utcnow()))

@@ -22,6 +22,22 @@ class DataSettings(BaseSettings):
     batch_size: int = Field(15_000, gt=0, validation_alias="BATCH_SIZE")
     split_seed: int = Field(42, validation_alias="SPLIT_SEED")
 
+    # training (train_and_register)
+    mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", validation_alias="MLFLOW_TRACKING_URI")
+    experiment_name: str = Field("diabetes-readmission", validation_alias="MLFLOW_EXPERIMENT_NAME")
+    model_name: str = Field("diabetes-readmission", validation_alias="MODEL_NAME")
+    model_alias: str = Field("champion", validation_alias="MODEL_ALIAS")
+    challenger_alias: str = Field("challenger", validation_alias="CHALLENGER_ALIAS")
+    candidates: str = Field("logistic_regression,random_forest,hist_gradient_boosting", validation_alias="CANDIDATES")
+    """Comma-separated candidate names (see readmit_data.candidates)."""
+    promotion_min_delta: float = Field(0.0, ge=0.0, validation_alias="PROMOTION_MIN_DELTA")
+    """A candidate takes the champion alias only if its validation ROC-AUC beats the champion's by more."""
+    random_seed: int = Field(0, validation_alias="RANDOM_SEED")
+
+    @property
+    def candidate_names(self) -> list[str]:
+        return [c.strip() for c in self.candidates.split(",") if c.strip()]
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> DataSettings:

@@ -12,16 +12,20 @@ CleanData (typed, cleaned by preprocess_incremental):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from readmit_contract.columns import COLUMNS, ID_COLUMNS
 from readmit_contract.target import TARGET
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -117,6 +121,37 @@ batch_lineage = Table(
 def utcnow() -> datetime:
     """Current UTC time, naive (stored as UTC in every backend: MySQL DATETIME has no zone)."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def db_timestamp(moment: datetime) -> str:
+    """A naive UTC datetime as text every backend stores in a DATETIME column (SQLAlchemy's SQLite format)."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                chunk: int = 5_000, on_chunk: Callable[[int], None] | None = None) -> None:
+    """Insert row tuples with the driver's executemany (no per-row SQLAlchemy work), in chunks.
+
+    Values must be plain Python values the driver takes (str, int, float, None).
+    """
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+        f"VALUES ({', '.join([placeholder] * len(columns))})"
+    )
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        conn.exec_driver_sql(sql, list(part))
+        if on_chunk is not None:
+            on_chunk(start + len(part))
+
+
+def frame_rows(frame: pd.DataFrame) -> list[tuple]:
+    """A frame's rows as tuples of plain Python values, None for missing."""
+    values = frame.astype(object).where(frame.notna(), None)
+    return list(values.itertuples(index=False, name=None))
 
 
 def make_engine(url: str) -> Engine:

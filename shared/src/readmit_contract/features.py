@@ -158,9 +158,16 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
             names.extend(f"{name}={g}" for g in DIAGNOSIS_GROUPS)
         self.feature_names_ = tuple(names)
 
+    _DERIVED = ("_blocks", "_other_index", "_diag_offsets")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Fitted state without the lookup tables (rebuilt on load): plain, skops-safe values."""
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in self._DERIVED}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        if "learned_categories_" in state and "_blocks" not in state:
+        if "learned_categories_" in state:
             self._build()
 
     # -- transforming --------------------------------------------------------------

@@ -1,0 +1,222 @@
+"""Training one candidate on CleanData and logging it to MLflow.
+
+Every candidate is a full Pipeline (contract transform + estimator), fitted on the
+clean train rows of a fixed snapshot of batches, evaluated on the validation split,
+and logged with its parameters, data lineage, validation metrics at the chosen
+threshold, a calibration plot, a confusion matrix, and the model itself (signature,
+input example, ``predict_proba`` as its pyfunc method).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from readmit_contract import TARGET  # noqa: E402
+from readmit_contract.columns import FEATURE_COLUMNS  # noqa: E402
+from sklearn.calibration import CalibrationDisplay  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sqlalchemy import Engine, select  # noqa: E402
+
+from .candidates import build_pipeline  # noqa: E402
+from .settings import DataSettings  # noqa: E402
+from .stores import batch_lineage, clean_encounters  # noqa: E402
+
+TRUSTED_MODULE_PREFIXES = ("sklearn.", "readmit_contract.")
+"""Types skops may be told to trust when a model is loaded: scikit-learn's and the contract's, nothing else."""
+
+
+def skops_trusted_types(pipeline: Pipeline) -> list[str]:
+    """The types of ``pipeline`` skops does not trust by default, all from trusted modules (else an error)."""
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+    foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    if foreign:
+        raise TypeError(f"the model holds types outside scikit-learn and the contract: {foreign}")
+    return untrusted
+
+
+class NoTrainingData(RuntimeError):
+    """CleanData holds no train or no validation rows yet."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The data a training run uses: train batches cleaned so far, and the row counts."""
+
+    train_batches: list[str]
+    train_rows: int
+    validation_rows: int
+    test_rows: int
+
+
+def read_split(clean_store: Engine, split: str, batches: list[str] | None = None) -> pd.DataFrame:
+    """Clean rows of one split (only ``batches`` when given), in encounter order."""
+    query = select(clean_encounters).where(clean_encounters.c.split == split)
+    if batches is not None:
+        query = query.where(clean_encounters.c.batch_id.in_(batches))
+    with clean_store.connect() as conn:
+        frame = pd.read_sql(query.order_by(clean_encounters.c.encounter_id), conn)
+    return frame
+
+
+def take_snapshot(clean_store: Engine) -> Snapshot:
+    with clean_store.connect() as conn:
+        lineage = pd.read_sql(select(batch_lineage), conn)
+    if lineage.empty:
+        raise NoTrainingData("CleanData has no cleaned batches yet: run preprocess_incremental first")
+    rows = lineage.groupby("split")["rows_out"].sum()
+    train_batches = sorted(lineage.loc[lineage["split"] == "train", "batch_id"])
+    snapshot = Snapshot(
+        train_batches=train_batches,
+        train_rows=int(rows.get("train", 0)),
+        validation_rows=int(rows.get("validation", 0)),
+        test_rows=int(rows.get("test", 0)),
+    )
+    if not snapshot.train_rows or not snapshot.validation_rows:
+        raise NoTrainingData(f"not enough clean data to train: {snapshot}")
+    return snapshot
+
+
+def choose_threshold(y: np.ndarray, proba: np.ndarray) -> float:
+    """The probability threshold with the best F1 on (y, proba)."""
+    precision, recall, thresholds = precision_recall_curve(y, proba)
+    if len(thresholds) == 0:
+        return 0.5
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """Ranking, calibration and thresholded metrics of probabilities ``proba`` for labels ``y``."""
+    predicted = (proba >= threshold).astype(int)
+    return {
+        "roc_auc": float(roc_auc_score(y, proba)),
+        "pr_auc": float(average_precision_score(y, proba)),
+        "brier": float(brier_score_loss(y, proba)),
+        "log_loss": float(log_loss(y, np.clip(proba, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "recall": float(recall_score(y, predicted, zero_division=0)),
+        "precision": float(precision_score(y, predicted, zero_division=0)),
+        "positive_rate": float(predicted.mean()),
+    }
+
+
+def plots(y: np.ndarray, proba: np.ndarray, threshold: float, title: str) -> dict[str, plt.Figure]:
+    calibration, ax = plt.subplots(figsize=(5, 5))
+    CalibrationDisplay.from_predictions(y, proba, n_bins=10, strategy="quantile", name=title, ax=ax)
+    ax.set_title(f"Calibration on validation: {title}")
+    confusion, ax2 = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(
+        y, (proba >= threshold).astype(int), display_labels=["not <30", "<30"], ax=ax2, colorbar=False
+    )
+    ax2.set_title(f"Validation, threshold {threshold:.3f}")
+    return {"plots/calibration.png": calibration, "plots/confusion_matrix.png": confusion}
+
+
+def input_example(frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
+    """Feature columns of a few rows, missing values as the contract's raw marker."""
+    return frame[list(FEATURE_COLUMNS)].head(rows).astype(object).where(frame.head(rows).notna(), "?")
+
+
+def _flat_params(pipeline: Pipeline) -> dict[str, Any]:
+    params = {"features__" + k: v for k, v in pipeline.named_steps["features"].get_params().items()}
+    model = pipeline.named_steps["model"]
+    params["estimator"] = type(model).__name__
+    for k, v in model.get_params().items():
+        if isinstance(v, str | int | float | bool) or v is None:
+            params[k] = v
+    return params
+
+
+@dataclass
+class CandidateResult:
+    candidate: str
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    threshold: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def train_candidate(
+    settings: DataSettings,
+    clean_store: Engine,
+    candidate: str,
+    snapshot: Snapshot,
+    tags: dict[str, str] | None = None,
+) -> CandidateResult:
+    """Fit, evaluate and log one candidate; returns its run, model URI and validation metrics."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    train = read_split(clean_store, "train", snapshot.train_batches)
+    validation = read_split(clean_store, "validation")
+    pipeline = build_pipeline(candidate, settings.random_seed)
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_experiment(settings.experiment_name)
+    with mlflow.start_run(run_name=candidate, tags={"candidate": candidate, **(tags or {})}) as run:
+        started = time.perf_counter()
+        pipeline.fit(train, train[TARGET].to_numpy())
+        seconds = time.perf_counter() - started
+        y_val = validation[TARGET].to_numpy()
+        proba = pipeline.predict_proba(validation)[:, 1]
+        threshold = choose_threshold(y_val, proba)
+        metrics = evaluate(y_val, proba, threshold)
+
+        mlflow.log_params(_flat_params(pipeline))
+        mlflow.log_params({
+            "train_batches": ",".join(snapshot.train_batches),
+            "n_features": len(pipeline.named_steps["features"].feature_names_),
+        })
+        mlflow.set_tags({"data.train_batches": ",".join(snapshot.train_batches)})
+        mlflow.log_dict(asdict(snapshot), "data/lineage.json")
+        mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({
+            "threshold": threshold,
+            "train_seconds": seconds,
+            "train_rows": len(train),
+            "validation_rows": len(validation),
+            "train_positive_rate": float(train[TARGET].mean()),
+        })
+        for path, figure in plots(y_val, proba, threshold, candidate).items():
+            mlflow.log_figure(figure, path)
+            plt.close(figure)
+
+        example = input_example(validation)
+        signature = infer_signature(example, pipeline.predict_proba(example))
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pyfunc_predict_fn="predict_proba",
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            skops_trusted_types=skops_trusted_types(pipeline),
+            metadata={"threshold": threshold, "train_positive_rate": float(train[TARGET].mean()),
+                      "candidate": candidate},
+        )
+    return CandidateResult(candidate, run.info.run_id, info.model_uri, metrics, threshold)

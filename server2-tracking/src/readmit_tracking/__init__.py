@@ -1,0 +1,1 @@
+"""Node 2: the MLflow tracking server and its artifact bucket."""
