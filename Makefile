@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-LOCAL_PACKAGES := -e shared -e server1-data
+LOCAL_PACKAGES := -e shared -e server1-data -e server2-tracking
 
 .PHONY: help venv test test-fast bench lock up down clean
 
@@ -17,7 +17,7 @@ help:
 	@echo "make bench      print the benchmarks' figures"
 	@echo "make lock       re-pin requirements/constraints.txt from requirements/requirements.in"
 
-$(STAMP): requirements/requirements.in requirements/constraints.txt shared/pyproject.toml server1-data/pyproject.toml
+$(STAMP): requirements/requirements.in requirements/constraints.txt shared/pyproject.toml server1-data/pyproject.toml server2-tracking/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -r requirements/requirements.in $(LOCAL_PACKAGES)

@@ -72,3 +72,16 @@ def asset_events(home: Path, asset_name: str) -> int:
         return db.execute(
             "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?", (asset_name,)
         ).fetchone()[0]
+
+
+def unpause(home: Path, dag_id: str, env: dict[str, str] | None = None) -> None:
+    """Register every DAG of the folder in the metadata DB and unpause ``dag_id`` (as the scheduler would see it)."""
+    for cmd in (["dags", "reserialize"], ["dags", "unpause", dag_id]):
+        subprocess.run([AIRFLOW, *cmd], env=airflow_env(home, **(env or {})), check=True, capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=300)
+
+
+def queued_asset_triggers(home: Path) -> list[str]:
+    """DAG ids waiting in the asset-triggered run queue (the scheduler would start them)."""
+    with sqlite3.connect(home / "airflow.db") as db:
+        return [row[0] for row in db.execute("SELECT target_dag_id FROM asset_dag_run_queue").fetchall()]

@@ -12,12 +12,22 @@ from readmit_data.loading import SplitPlan, load, raw_counts
 from readmit_data.preprocessing import clean_counts, lineage_table
 from readmit_data.stores import engines
 
-from ..airflow_support import DAGS_FOLDER, airflow_env, asset_events, clone_home, dags_test, migrate, task_states
+from ..airflow_support import (
+    DAGS_FOLDER,
+    airflow_env,
+    asset_events,
+    clone_home,
+    dags_test,
+    migrate,
+    queued_asset_triggers,
+    task_states,
+    unpause,
+)
 from .conftest import BATCH_SIZE, SOURCE
 from .test_notebook import _run as run_notebook
 
 pytestmark = pytest.mark.slow
-EXPECTED_DAGS = {"preprocess_incremental"}
+EXPECTED_DAGS = {"preprocess_incremental", "train_and_register"}
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +54,9 @@ def test_dag_integrity(tmp_path):
     pre = report["dags"]["preprocess_incremental"]
     assert pre["tasks"] == ["find_pending_batches", "preprocess_batch", "publish"]
     assert pre["outlets"] == [CLEAN_ENCOUNTERS_ASSET]
+    train = report["dags"]["train_and_register"]
+    assert train["tasks"] == ["candidate_names", "record_test_metrics", "register_best", "snapshot", "train_candidate"]
+    assert train["schedule"] == "AssetTriggeredTimetable"
 
 
 def _states(home: Path, run_index: int) -> dict[str, list[str]]:
@@ -59,8 +72,10 @@ def test_preprocess_incremental_runs_for_real(airflow_template, tmp_path, store_
     env = {"RAW_DB_URL": raw_url, "CLEAN_DB_URL": clean_url}
 
     run_notebook(tmp_path, raw_url, "load1")  # validation, test, train-0001
+    unpause(home, "train_and_register")
     first = dags_test(home, "preprocess_incremental", env)
     assert first.returncode == 0, first.stdout[-3000:]
+    assert queued_asset_triggers(home) == ["train_and_register"]  # the asset chains the two DAGs
     assert _states(home, 0) == {
         "find_pending_batches": ["success"], "preprocess_batch": ["success"] * 3, "publish": ["success"],
     }

@@ -1,0 +1,98 @@
+"""train_and_register run for real (`airflow dags test`) against real MLflow servers."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from readmit_contract import validate
+from readmit_contract.columns import FEATURE_COLUMNS
+from readmit_data.loading import load, read_source
+from readmit_data.preprocessing import preprocess_pending
+from readmit_data.stores import engines
+
+from ..airflow_support import clone_home, dags_test, migrate
+
+pytestmark = pytest.mark.slow
+SOURCE = "synthetic:7000:21"
+CANDIDATES = ["logistic_regression", "random_forest", "hist_gradient_boosting"]
+
+
+@pytest.fixture(scope="module")
+def airflow_template(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow-template")
+    migrate(home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def clean_data(tmp_path_factory):
+    """CleanData filled through the platform's own path: raw batches loaded, then preprocessed."""
+    root = tmp_path_factory.mktemp("stores")
+    raw_url, clean_url = f"sqlite:///{root / 'raw.db'}", f"sqlite:///{root / 'clean.db'}"
+    with engines(raw_url, clean_url) as (raw, clean_store):
+        load(raw, read_source(SOURCE), source=SOURCE, batch="all", batch_size=1500, progress=False)
+        preprocess_pending(raw, clean_store)
+    return raw_url, clean_url
+
+
+def test_train_register_promote(tracking, model_name, clean_data, airflow_template, tmp_path):
+    raw_url, clean_url = clean_data
+    home = clone_home(airflow_template, tmp_path / "airflow")
+    env = {"RAW_DB_URL": raw_url, "CLEAN_DB_URL": clean_url, "MLFLOW_TRACKING_URI": tracking.uri,
+           "MODEL_NAME": model_name, "MLFLOW_EXPERIMENT_NAME": model_name, "CANDIDATES": ",".join(CANDIDATES)}
+    first = dags_test(home, "train_and_register", env)
+    assert first.returncode == 0, first.stdout[-4000:]
+
+    client = MlflowClient(tracking.uri)
+    experiment = client.get_experiment_by_name(model_name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["candidate"] for r in runs) == sorted(CANDIDATES)
+    for run in runs:
+        metrics = run.data.metrics
+        for key in ("val_roc_auc", "val_pr_auc", "val_brier", "val_log_loss", "val_f1", "val_recall", "threshold",
+                    "train_seconds"):
+            assert key in metrics, (run.data.tags["candidate"], key)
+        assert 0.5 < metrics["val_roc_auc"] < 1.0
+        assert run.data.params["train_batches"].startswith("train-0001,")
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert artifacts == {"plots/calibration.png", "plots/confusion_matrix.png"}
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} == {"data/lineage.json"}
+
+    best = max(runs, key=lambda r: r.data.metrics["val_roc_auc"])
+    champion = client.get_model_version_by_alias(model_name, "champion")
+    assert champion.version == "1" and champion.run_id == best.info.run_id
+    assert champion.tags["promotion"].startswith("first model")
+    assert float(champion.tags["test_roc_auc"]) > 0.5  # champion's test metrics, recorded once
+    assert "test_roc_auc" in client.get_run(best.info.run_id).data.metrics
+
+    if tracking.s3_endpoint:  # the model really sits in the bucket, behind the server
+        from .conftest import s3_client
+
+        keys = [o["Key"] for o in s3_client(tracking.s3_endpoint).list_objects_v2(Bucket=tracking.bucket)["Contents"]]
+        assert any(k.endswith("MLmodel") for k in keys)
+        assert any(k.endswith("model.skops") for k in keys)
+        assert any(k.endswith("plots/calibration.png") for k in keys)
+
+    # the registered Pipeline scores raw contract rows (text as it arrives, "?" for missing)
+    mlflow.set_tracking_uri(tracking.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
+    raw_rows = validate(read_source(SOURCE).head(40)).valid[list(FEATURE_COLUMNS)]
+    assert (raw_rows == "?").any().any()
+    proba = np.asarray(model.predict(raw_rows))
+    assert proba.shape == (40, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert ((proba >= 0) & (proba <= 1)).all()
+
+    # a deliberately worse model does not take the alias
+    second = dags_test(home, "train_and_register", env, conf={"candidates": ["prior_baseline"]})
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+    challenger = client.get_model_version_by_alias(model_name, "challenger")
+    assert challenger.version == "2"
+    assert challenger.tags["promotion"].startswith("not promoted: prior_baseline validation ROC-AUC 0.5000")
+    assert "test_roc_auc" not in challenger.tags
+    baseline_run = client.get_run(challenger.run_id)
+    assert baseline_run.data.tags["promotion"] == challenger.tags["promotion"]
