@@ -1,0 +1,1 @@
+"""Node 3: serving predictions of 30-day readmission."""

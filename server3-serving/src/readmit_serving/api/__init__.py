@@ -1,0 +1,1 @@
+"""The inference API: FastAPI app, model holder and watcher, micro-batching, metrics."""

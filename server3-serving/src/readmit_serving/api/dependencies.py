@@ -1,0 +1,28 @@
+"""The app's shared objects as FastAPI dependencies (built once, at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..settings import ServingSettings
+from .batching import MicroBatcher
+from .model import ModelHolder
+from .watcher import ModelWatcher
+
+
+@dataclass
+class Services:
+    settings: ServingSettings
+    holder: ModelHolder
+    batcher: MicroBatcher
+    watcher: ModelWatcher
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,73 @@
+"""The inference API application.
+
+    uvicorn readmit_serving.api.main:app --host 0.0.0.0 --port 8000
+
+Loads ``MODEL_NAME@MODEL_ALIAS`` from MLflow at start (in the background: the API
+answers /health at once and /ready turns 200 when the model is in), follows the
+alias, and serves predictions with micro-batching.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from ..settings import ServingSettings
+from . import metrics
+from .batching import MicroBatcher
+from .dependencies import Services
+from .middleware import PrometheusMiddleware
+from .model import ModelHolder
+from .routes import health, model, predict
+from .watcher import ModelWatcher
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    settings = settings or ServingSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder = ModelHolder()
+        # one inference thread, its OpenMP/BLAS pools limited to 1 thread: tiny calls stay ~2 ms instead of
+        # contending with the event loop for the 2 cores (throughput comes from micro-batching)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
+                                      initializer=threadpool_limits, initargs=(1,))
+        watcher = ModelWatcher(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
+                               settings.model_poll_seconds, holder)
+        metrics.MODEL_LOADED.set(0)
+        metrics.MODEL_VERSION.set(0)
+        app.state.services = Services(settings, holder, MicroBatcher(holder, executor, settings.microbatch_max_rows),
+                                      watcher)
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+            executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="Diabetes 30-day readmission API",
+        version="1.0.0",
+        description="Scores hospital encounters of diabetic patients with the champion model from MLflow. "
+                    "Request bodies follow the platform's feature contract.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(PrometheusMiddleware)
+    app.include_router(predict.build_router(settings.max_batch_size))
+    app.include_router(health.router)
+    app.include_router(model.router)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=True,
+             response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+app = create_app()

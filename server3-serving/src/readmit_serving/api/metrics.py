@@ -1,0 +1,28 @@
+"""Prometheus metrics of the API (names follow Prometheus conventions: _total, _seconds)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUESTS = Counter("readmit_api_requests_total", "HTTP requests answered", ["route", "method", "status"])
+REQUEST_DURATION = Histogram(
+    "readmit_api_request_duration_seconds", "HTTP request duration", ["route", "method"], buckets=LATENCY_BUCKETS
+)
+IN_PROGRESS = Gauge("readmit_api_requests_in_progress", "HTTP requests being served", ["method"])
+INFERENCE_DURATION = Histogram(
+    "readmit_api_inference_duration_seconds", "Duration of one model call (transform + estimator)",
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_ROWS = Histogram(
+    "readmit_api_inference_batch_rows", "Encounters scored by one model call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
+PREDICTIONS = Counter("readmit_api_predictions_total", "Encounters scored, by risk band", ["risk_band"])
+MODEL_INFO = Info("readmit_api_model", "The model being served")
+MODEL_VERSION = Gauge("readmit_api_model_version", "Registry version of the model being served (0: none)")
+MODEL_LOADED = Gauge("readmit_api_model_loaded", "1 when a model is loaded and predictions can be served")
+MODEL_RELOADS = Counter("readmit_api_model_reloads_total", "Model loads from MLflow, by result", ["result"])
+MLFLOW_UP = Gauge("readmit_api_mlflow_up", "1 when the last check of MLflow succeeded")
+MLFLOW_CHECK_FAILURES = Counter("readmit_api_mlflow_check_failures_total", "Failed checks of the model alias")

@@ -1,0 +1,110 @@
+"""The served model: the registered Pipeline (contract transform + estimator) and what the API needs
+to answer with it, loaded once per version; and the holder that swaps versions atomically."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from readmit_contract.target import excluded_reason, is_scorable
+
+RISK_BANDS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    pipeline: Any
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    threshold: float
+    """Probability at or above which an encounter is flagged (chosen on validation, max F1)."""
+    base_rate: float
+    """Share of 30-day readmissions in the training data: below it, risk is low."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+
+    def predict(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Probability of 30-day readmission for each record (mapping of contract column -> value)."""
+        return self.pipeline.predict_proba(records)[:, 1]
+
+    def band(self, probability: float) -> str:
+        if probability >= self.threshold:
+            return "high"
+        if probability >= min(self.base_rate, self.threshold):
+            return "medium"
+        return "low"
+
+
+def out_of_scope(record: dict[str, Any]) -> str | None:
+    """Why an encounter is not scored (death or hospice), or None."""
+    return None if is_scorable(record) else excluded_reason(record["discharge_disposition_id"])
+
+
+def single_threaded(estimator: Any) -> Any:
+    """Set ``n_jobs=1`` on every fitted estimator inside ``estimator`` (pipelines, calibrated clones,
+    forests): serving parallelism comes from micro-batching, and a joblib pool per call costs ~100 ms."""
+    seen: set[int] = set()
+
+    def walk(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, BaseEstimator):
+            if hasattr(obj, "n_jobs"):
+                obj.n_jobs = 1
+            children = vars(obj).values()
+        elif isinstance(obj, list | tuple):
+            children = obj
+        elif isinstance(obj, dict):
+            children = obj.values()
+        else:
+            return
+        for child in children:
+            walk(child)
+
+    walk(estimator)
+    return estimator
+
+
+def load_version(client: Any, name: str, version: str, alias: str) -> LoadedModel:
+    """Download and load one registered version, with its threshold and metrics from its run."""
+    import mlflow
+
+    model_version = client.get_model_version(name, version)
+    run = client.get_run(model_version.run_id)
+    pipeline = single_threaded(mlflow.sklearn.load_model(f"models:/{name}/{version}"))
+    metrics = dict(run.data.metrics)
+    for key, value in model_version.tags.items():
+        if key.startswith("test_"):
+            try:
+                metrics[key] = float(value)
+            except ValueError:
+                pass
+    return LoadedModel(
+        pipeline=pipeline,
+        name=name,
+        version=str(version),
+        alias=alias,
+        run_id=model_version.run_id,
+        threshold=float(metrics.get("threshold", 0.5)),
+        base_rate=float(metrics.get("train_positive_rate", 0.11)),
+        metrics=metrics,
+    )
+
+
+class ModelHolder:
+    """The current model; replaced by one reference assignment, so a request (or a micro-batch) that
+    took the old model finishes on it while new ones get the new one."""
+
+    def __init__(self) -> None:
+        self.current: LoadedModel | None = None
+
+    def swap(self, model: LoadedModel) -> LoadedModel | None:
+        previous, self.current = self.current, model
+        return previous

@@ -1,0 +1,34 @@
+"""GET /health (liveness) and GET /ready (readiness: 200 only with a model loaded)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from ..dependencies import ServicesDep
+from ..schemas import Health, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+async def health() -> Health:
+    return Health()
+
+
+@router.get("/ready", response_model=Readiness, summary="Readiness: a model is loaded",
+            responses={503: {"model": Readiness, "description": "no model loaded yet"}})
+async def ready(services: ServicesDep) -> JSONResponse:
+    model = services.holder.current
+    status = services.watcher.status
+    body = Readiness(
+        ready=model is not None,
+        model_name=services.settings.model_name,
+        model_alias=services.settings.model_alias,
+        model_version=model.version if model else None,
+        mlflow_reachable=status.mlflow_reachable,
+        alias_version=status.alias_version,
+        last_check=status.last_check,
+        last_error=status.last_error,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if model is not None else 503)

@@ -1,0 +1,63 @@
+"""Response bodies of the API (the request body of one encounter is the contract's ``Encounter``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+RiskBand = Literal["low", "medium", "high"]
+
+
+class Prediction(BaseModel):
+    probability: float | None = Field(description="Probability of readmission within 30 days (null: not scored)")
+    risk_band: RiskBand | None = Field(description="low: below the training base rate; high: at or above the "
+                                                   "model's decision threshold; medium: between")
+    scored: bool = Field(description="False when the encounter is out of scope (death or hospice)")
+    reason: str | None = Field(None, description="Why the encounter was not scored")
+    model_name: str
+    model_version: str
+
+
+class BatchResponse(BaseModel):
+    predictions: list[Prediction]
+    model_name: str
+    model_version: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_name: str
+    model_alias: str
+    model_version: str | None
+    mlflow_reachable: bool
+    alias_version: str | None = Field(description="Where the alias pointed at the last successful check")
+    last_check: float | None
+    last_error: str | None
+
+
+class ContractField(BaseModel):
+    name: str
+    kind: str
+    required: bool
+    allowed: list[Any] | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    labels: dict[int, str] | None = None
+    description: str
+
+
+class ModelDescription(BaseModel):
+    model_name: str
+    model_alias: str
+    model_version: str
+    run_id: str
+    threshold: float
+    base_rate: float
+    metrics: dict[str, float]
+    loaded_at: float
+    contract_fields: list[ContractField]
