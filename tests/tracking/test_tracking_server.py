@@ -9,7 +9,7 @@ from readmit_tracking.cli import server_command
 from readmit_tracking.settings import TrackingSettings
 
 from ..support import BIN, S3_KEYS, moto_s3
-from .conftest import s3_client
+from ..conftest import s3_client
 
 
 def test_bucket_creation_is_idempotent(tmp_path):

@@ -69,7 +69,7 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     assert "test_roc_auc" in client.get_run(best.info.run_id).data.metrics
 
     if tracking.s3_endpoint:  # the model really sits in the bucket, behind the server
-        from .conftest import s3_client
+        from ..conftest import s3_client
 
         keys = [o["Key"] for o in s3_client(tracking.s3_endpoint).list_objects_v2(Bucket=tracking.bucket)["Contents"]]
         assert any(k.endswith("MLmodel") for k in keys)

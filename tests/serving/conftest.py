@@ -1,0 +1,85 @@
+"""A registered champion (trained by the platform's own code on synthetic data) and the API as a real
+uvicorn process in front of it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from readmit_contract import validate
+from readmit_contract.columns import FEATURE_COLUMNS
+from readmit_contract.target import EXCLUDED_DISCHARGE_DISPOSITIONS
+from readmit_data.loading import load, read_source
+from readmit_data.preprocessing import preprocess_pending
+from readmit_data.registry import register_and_promote
+from readmit_data.settings import DataSettings
+from readmit_data.stores import engines
+from readmit_data.training import take_snapshot, train_candidate
+
+from ..support import free_port, started
+
+SOURCE = "synthetic:6000:31"
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Registered:
+    tracking_uri: str
+    model_name: str
+    versions: dict[str, str]  # candidate -> version
+    settings: DataSettings
+
+
+def register_models(tracking_uri: str, model_name: str, root: Path,
+                    candidates=("hist_gradient_boosting", "logistic_regression")) -> Registered:
+    """Train candidates through the platform's training code; the first becomes champion."""
+    settings = DataSettings(MLFLOW_TRACKING_URI=tracking_uri, MODEL_NAME=model_name, MLFLOW_EXPERIMENT_NAME=model_name,
+                            RAW_DB_URL=f"sqlite:///{root}/raw.db", CLEAN_DB_URL=f"sqlite:///{root}/clean.db",
+                            PROMOTION_MIN_DELTA=1.0)  # later candidates never take the alias by themselves
+    versions = {}
+    with engines(settings.raw_db_url, settings.clean_db_url) as (raw, clean_store):
+        load(raw, read_source(SOURCE), source=SOURCE, batch="all", batch_size=2000, progress=False)
+        preprocess_pending(raw, clean_store)
+        snapshot = take_snapshot(clean_store)
+        for candidate in candidates:
+            result = train_candidate(settings, clean_store, candidate, snapshot)
+            versions[candidate] = register_and_promote(settings, clean_store, result).version
+    return Registered(tracking_uri, model_name, versions, settings)
+
+
+@pytest.fixture(scope="session")
+def registered(sqlite_tracking, tmp_path_factory) -> Registered:
+    return register_models(sqlite_tracking.uri, "readmission-serving-test", tmp_path_factory.mktemp("serving-data"))
+
+
+@pytest.fixture(scope="session")
+def encounters() -> list[dict]:
+    """In-scope encounters as JSON bodies (contract names, null for missing)."""
+    rows = validate(read_source(SOURCE).head(400)).valid
+    rows = rows[~rows["discharge_disposition_id"].isin(EXCLUDED_DISCHARGE_DISPOSITIONS)]
+    return json.loads(rows[list(FEATURE_COLUMNS)].replace("?", None).to_json(orient="records"))
+
+
+def api_process(tmp_path: Path, tracking_uri: str, model_name: str, poll_seconds: float = 1.0, **env: str):
+    port = free_port()
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri, "MODEL_NAME": model_name, "MODEL_ALIAS": "champion",
+                   "MODEL_POLL_SECONDS": str(poll_seconds), **env}
+    cmd = [str(BIN / "uvicorn"), "readmit_serving.api.main:app", "--host", "127.0.0.1", "--port", str(port),
+           "--no-access-log"]
+    return f"http://127.0.0.1:{port}", started(cmd, environment, tmp_path / f"api-{port}.log",
+                                               ready_url=f"http://127.0.0.1:{port}/health")
+
+
+@pytest.fixture(scope="session")
+def api(registered, tmp_path_factory):
+    """The API serving the registered champion; yields its base URL once /ready is 200."""
+    from ..support import wait_http
+
+    url, process = api_process(tmp_path_factory.mktemp("api"), registered.tracking_uri, registered.model_name)
+    with process:
+        wait_http(f"{url}/ready", timeout=120)
+        yield url
