@@ -172,8 +172,8 @@ def _count(name: str, description: str, maximum: int, minimum: int = 0) -> Colum
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("encounter_id", "id", "Unique identifier of the encounter", minimum=1, maximum=2**62, default=None),
-    Column("patient_nbr", "id", "Identifier of the patient", minimum=1, maximum=2**62, default=None),
+    Column("encounter_id", "id", "Unique identifier of the encounter", minimum=1, maximum=10**12, default=None),
+    Column("patient_nbr", "id", "Identifier of the patient", minimum=1, maximum=10**12, default=None),
     Column("race", "category", "Race", nullable=True, default=None,
            allowed=("Caucasian", "AfricanAmerican", "Hispanic", "Asian", "Other")),
     Column("gender", "category", "Gender", allowed=("Female", "Male", "Unknown/Invalid")),

@@ -3,7 +3,7 @@
 Fields carry the raw clinical values a clinician knows (``"[70-80)"``, ``"Steady"``,
 ``"250.83"``), never pre-encoded numbers. Closed sets become ``Literal`` types,
 counts become bounded ints, ICD-9 codes and open categories are checked by shape,
-and ``?`` (the source's missing marker) is read as ``None``. Dashed column names
+and ``?`` (the source's missing marker) or NaN is read as ``None``. Dashed column names
 (``glyburide-metformin``) are the JSON names; the Python attribute uses ``_``.
 """
 
@@ -17,15 +17,22 @@ from .columns import COLUMNS, ICD9_PATTERN, MISSING, OPEN_CATEGORY_PATTERN, Colu
 
 
 def _missing_to_none(value: Any) -> Any:
-    """``?``, empty text and NaN (a missing value in a frame) mean missing."""
-    if value == MISSING or value == "" or (isinstance(value, float) and value != value):
+    """``?`` (the source's marker) and NaN (a missing value in a frame) mean missing."""
+    if value == MISSING or (isinstance(value, float) and value != value):
         return None
+    return value
+
+
+def _number_not_text(value: Any) -> Any:
+    """Counts and ids are JSON numbers (5 or 5.0), never text ("5"): what the schema says."""
+    if isinstance(value, str | bytes | bool):
+        raise ValueError("must be a number, not text or a boolean")
     return value
 
 
 def _annotation(col: Column) -> Any:
     if col.kind in ("id", "integer"):
-        base: Any = Annotated[int, Field(ge=col.minimum, le=col.maximum, strict=False)]
+        base: Any = Annotated[int, Field(ge=col.minimum, le=col.maximum), BeforeValidator(_number_not_text)]
     elif col.kind in ("code", "category"):
         base = Literal[tuple(col.allowed or ())]  # type: ignore[misc]
     elif col.kind == "open_category":
@@ -34,7 +41,9 @@ def _annotation(col: Column) -> Any:
         base = Annotated[str, Field(pattern=ICD9_PATTERN.pattern)]
     else:  # pragma: no cover - the outcome is not part of an encounter
         raise ValueError(col.kind)
-    if col.nullable or col.kind == "id":
+    if col.nullable:  # null or the source's "?" (documented in the schema; read as null)
+        return Annotated[base | Literal[MISSING] | None, BeforeValidator(_missing_to_none)]
+    if col.kind == "id":
         return Annotated[base | None, BeforeValidator(_missing_to_none)]
     return base
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from threadpoolctl import threadpool_limits
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
@@ -61,6 +64,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.include_router(predict.build_router(settings.max_batch_size))
     app.include_router(health.router)
     app.include_router(model.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def body_errors_are_422(request: Request, exc: StarletteHTTPException) -> Response:
+        """A body that is not even JSON text (bad bytes) is bad input like any other: 422, not 400."""
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse(status_code=422, content={"detail": [
+                {"type": "json_invalid", "loc": ["body"], "msg": "the request body is not valid JSON text"}]})
+        return await http_exception_handler(request, exc)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=True,
              response_class=Response)
