@@ -5,19 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+SOURCE ?= download
 
-LOCAL_PACKAGES := -e shared -e server1-data -e server2-tracking
+LOCAL_PACKAGES := -e shared -e server1-data -e server2-tracking -e server3-serving
 
-.PHONY: help venv test test-fast bench lock up down clean
+.PHONY: help venv test test-fast bench lock up down status clean
 
 help:
 	@echo "make test       install everything into $(VENV) and run the whole test suite"
 	@echo "make test-fast  the suite without the slow (server / pipeline) tests"
-	@echo "make up         run the whole pipeline on this machine (not available yet: issue 7)"
+	@echo "make up         run the whole pipeline on this machine (SOURCE=download|PATH|synthetic)"
+	@echo "make down       stop what make up started"
 	@echo "make bench      print the benchmarks' figures"
 	@echo "make lock       re-pin requirements/constraints.txt from requirements/requirements.in"
 
-$(STAMP): requirements/requirements.in requirements/constraints.txt shared/pyproject.toml server1-data/pyproject.toml server2-tracking/pyproject.toml
+$(STAMP): requirements/requirements.in requirements/constraints.txt shared/pyproject.toml server1-data/pyproject.toml server2-tracking/pyproject.toml server3-serving/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -r requirements/requirements.in $(LOCAL_PACKAGES)
@@ -42,11 +44,15 @@ lock:
 	  echo "# requirements/requirements.in. Installs use it as a constraints file."; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > requirements/constraints.txt
 
-up:
-	@echo "make up is not available yet: the embedded pipeline lands with issue 7 (see README)." >&2; exit 2
+up: $(STAMP)
+	$(BIN)/python embedded/run.py up --source $(SOURCE)
 
 down:
-	@echo "make down is not available yet: it lands with make up (issue 7)." >&2; exit 2
+	@test -x $(BIN)/python || { echo "nothing to stop"; exit 0; }
+	$(BIN)/python embedded/run.py down
+
+status:
+	@$(BIN)/python embedded/run.py status
 
 clean:
 	rm -rf $(VENV) var

@@ -1,0 +1,246 @@
+"""The embedded default: the whole platform on one machine (`make up`, `make down`).
+
+Same code as the cluster, with SQLite stores, a local MLflow (SQLite + local artifacts)
+and Airflow on a SQLite metadata DB, everything under ./var:
+
+    up [--source download|PATH|synthetic[:ROWS]]
+        1. starts MLflow (unless it already answers)
+        2. gets the data and loads every raw batch into RawData (batches already there are kept)
+        3. runs preprocess_incremental and, when CleanData changed or no champion exists yet,
+           train_and_register, for real, through `airflow dags test`
+        4. starts the API and the Streamlit UI, waits until the API is ready
+        5. prints their URLs and a summary (rows per store, champion version and metrics)
+    down      stops what `up` started
+    status    what is running
+
+Settings: the variables of .env.embedded (same names as the cluster's ConfigMaps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = Path(os.environ.get("READMIT_STATE_DIR", ROOT / "var")).resolve()
+RUN = VAR / "run"
+LOGS = VAR / "log"
+BIN = Path(sys.executable).parent
+ENV_FILE = ROOT / ".env.embedded"
+
+SERVICES = {
+    # name: (command, health URL path, port variable)
+    "mlflow": ([str(BIN / "readmit-tracking"), "serve"], "/health", "MLFLOW_PORT"),
+    "api": ([str(BIN / "uvicorn"), "readmit_serving.api.main:app", "--host", "{API_HOST}", "--port", "{API_PORT}",
+             "--no-access-log"], "/health", "API_PORT"),
+    "ui": ([str(BIN / "streamlit"), "run", str(ROOT / "server3-serving" / "ui" / "app.py"), "--server.port",
+            "{UI_PORT}", "--server.address", "{API_HOST}", "--server.headless", "true",
+            "--browser.gatherUsageStats", "false"], "/_stcore/health", "UI_PORT"),
+}
+
+
+def step(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def read_env() -> dict[str, str]:
+    """.env.embedded, with ${VAR} references to earlier entries and to the process environment expanded."""
+    env: dict[str, str] = {}
+    for line in ENV_FILE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, value = line.split("=", 1)
+        value = value.replace("${ROOT}", str(ROOT)).replace("${STATE}", str(VAR))
+        env[key] = os.environ.get(key) or value
+    return {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - loopback URL of our own service
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_for(url: str, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if answers(url):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{what} did not answer at {url} within {seconds:.0f} s (see {LOGS})")
+
+
+def base_url(env: dict[str, str], port_var: str) -> str:
+    return f"http://{env['API_HOST']}:{env[port_var]}"
+
+
+def start(name: str, env: dict[str, str]) -> None:
+    command, health, port_var = SERVICES[name]
+    url = base_url(env, port_var) + health
+    if answers(url):
+        print(f"{name}: already running at {base_url(env, port_var)}")
+        return
+    RUN.mkdir(parents=True, exist_ok=True)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    argv = [part.format(**env) for part in command]
+    with open(LOGS / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   cwd=ROOT, start_new_session=True)
+    (RUN / f"{name}.pid").write_text(str(process.pid))
+    wait_for(url, 180, name)
+    print(f"{name}: started at {base_url(env, port_var)} (log: {LOGS / (name + '.log')})")
+
+
+def run(argv: list[str], env: dict[str, str], quiet: bool = False) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, env=env, cwd=ROOT, text=True, capture_output=quiet, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        if quiet:
+            print(done.stdout[-4000:], done.stderr[-4000:])
+        raise SystemExit(f"failed: {' '.join(argv[:4])} ... (exit {done.returncode})")
+    return done
+
+
+def dag_test(dag_id: str, env: dict[str, str]) -> None:
+    """Run one DAG for real; Airflow's own log goes to var/log/airflow-DAG.log, the task prints to the screen."""
+    started = time.perf_counter()
+    log_path = LOGS / f"airflow-{dag_id}.log"
+    done = subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=env, cwd=ROOT, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL)
+    log_path.write_text(done.stdout + done.stderr)
+    shown = log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path
+    for line in done.stdout.splitlines():  # what the tasks printed (not Airflow's structured log lines)
+        if line and not line.startswith(("20", "[", " ", "\t")) and "graphviz" not in line:
+            print(f"  {line}")
+    if done.returncode != 0:
+        raise SystemExit(f"DAG {dag_id} failed; see {shown}")
+    print(f"  {dag_id}: success in {time.perf_counter() - started:.0f} s (log: {shown})")
+
+
+def champion(env: dict[str, str]) -> dict | None:
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - our own MLflow on loopback
+            f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/alias?"
+            f"name={env['MODEL_NAME']}&alias={env['MODEL_ALIAS']}", timeout=5) as response:
+            return json.load(response)["model_version"]
+    except (urllib.error.URLError, OSError, KeyError):
+        return None
+
+
+def up(source: str) -> None:
+    started = time.perf_counter()
+    env = read_env()
+    env["DATA_SOURCE"] = source
+    for folder in (VAR, LOGS, RUN, Path(env["AIRFLOW_HOME"])):
+        folder.mkdir(parents=True, exist_ok=True)
+
+    step("1/5 MLflow tracking server (SQLite backend, local artifacts)")
+    start("mlflow", env)
+
+    step(f"2/5 raw data from {source} into RawData ({env['RAW_DB_URL']})")
+    run([str(BIN / "readmit-data"), "load", "--batch", "all"], env)
+
+    step("3/5 Airflow: preprocess_incremental, then train_and_register")
+    run([str(BIN / "airflow"), "db", "migrate"], env, quiet=True)
+    before = run([str(BIN / "readmit-data"), "status"], env, quiet=True).stdout
+    dag_test("preprocess_incremental", env)
+    after = run([str(BIN / "readmit-data"), "status"], env, quiet=True).stdout
+    if before == after and champion(env) is not None:
+        print("  CleanData unchanged and a champion exists: train_and_register not needed")
+    else:
+        dag_test("train_and_register", env)
+
+    step("4/5 inference API and Streamlit UI")
+    start("api", env)
+    wait_for(base_url(env, "API_PORT") + "/ready", 180, "API readiness")
+    start("ui", env)
+
+    step("5/5 summary")
+    print(after.strip())
+    with urllib.request.urlopen(base_url(env, "API_PORT") + "/model", timeout=10) as response:  # noqa: S310
+        model = json.load(response)
+    metrics = model["metrics"]
+    print(f"champion: {model['model_name']} v{model['model_version']} (run {model['run_id']})")
+    print("  validation: " + ", ".join(f"{k[4:]} {metrics[k]:.4f}" for k in
+                                       ("val_roc_auc", "val_pr_auc", "val_brier") if k in metrics))
+    if "test_roc_auc" in metrics:
+        print(f"  test: roc_auc {metrics['test_roc_auc']:.4f}, pr_auc {metrics.get('test_pr_auc', float('nan')):.4f}")
+    print("\nURLs:")
+    print(f"  Streamlit UI   {base_url(env, 'UI_PORT')}")
+    print(f"  API docs       {base_url(env, 'API_PORT')}/docs")
+    print(f"  API metrics    {base_url(env, 'API_PORT')}/metrics")
+    print(f"  MLflow         {base_url(env, 'MLFLOW_PORT')}")
+    print(f"\nup in {time.perf_counter() - started:.0f} s; `make down` stops the services.")
+
+
+def _pids() -> dict[str, int]:
+    pids = {}
+    for pid_file in sorted(RUN.glob("*.pid")) if RUN.exists() else []:
+        try:
+            pids[pid_file.stem] = int(pid_file.read_text())
+        except ValueError:
+            pid_file.unlink()
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def down() -> None:
+    pids = _pids()
+    if not pids:
+        print("down: nothing is running")
+    for name, pid in pids.items():
+        if _alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                time.sleep(0.2)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+            print(f"{name}: stopped")
+        (RUN / f"{name}.pid").unlink(missing_ok=True)
+
+
+def status() -> None:
+    env = read_env()
+    for name, (_, health, port_var) in SERVICES.items():
+        state = "up" if answers(base_url(env, port_var) + health) else "down"
+        print(f"{name:7} {state:5} {base_url(env, port_var)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up")
+    p_up.add_argument("--source", default="download",
+                      help='"download" (UCI, checksum-verified), a path to diabetic_data.csv, or "synthetic[:ROWS]"')
+    sub.add_parser("down")
+    sub.add_parser("status")
+    args = parser.parse_args()
+    if args.command == "up":
+        up("synthetic:30000" if args.source == "synthetic" else args.source)
+    elif args.command == "down":
+        down()
+    else:
+        status()
+
+
+if __name__ == "__main__":
+    main()

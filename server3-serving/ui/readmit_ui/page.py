@@ -1,0 +1,219 @@
+"""The Streamlit page: API status in the sidebar, a one-encounter form, a CSV batch tab."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import PurePath
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from readmit_contract import SchemaMismatchError
+from readmit_contract.columns import Column
+
+from . import form
+from .batch import BatchResult, read_csv, score_frame
+from .client import ApiClient, ApiRejected, ApiUnavailable, FieldError, Readiness
+from .settings import UISettings
+
+BAND_COLOURS = {"low": "green", "medium": "orange", "high": "red"}
+GRID = 3  # inputs per row
+
+
+@dataclass
+class Outcome:
+    """What the last action produced, kept in the session across reruns."""
+
+    result: Any = None
+    errors: list[FieldError] = field(default_factory=list)
+    down: str | None = None
+
+
+def main() -> None:
+    st.set_page_config(page_title="30-day readmission risk", layout="wide")
+    settings = UISettings()
+    with ApiClient(settings.base_url, settings.api_timeout_seconds) as client:
+        readiness = client.readiness()
+        sidebar(client, readiness)
+        st.title("30-day readmission risk")
+        st.caption("Risk that a diabetic patient's hospital encounter is followed by a readmission within 30 days.")
+        if not readiness.ready:
+            st.error(readiness.error)
+        one, many = st.tabs(["One encounter", "Many encounters (CSV)"])
+        with one:
+            single_encounter(client)
+        with many:
+            many_encounters(client, settings.api_batch_size)
+
+
+# -- sidebar ---------------------------------------------------------------------------------------
+
+def sidebar(client: ApiClient, readiness: Readiness) -> None:
+    with st.sidebar:
+        st.header("Prediction API")
+        st.caption(client.base_url)
+        if not readiness.ready:
+            (st.warning if readiness.reachable else st.error)(
+                "Up, no model yet" if readiness.reachable else "Down (unreachable)")
+            return
+        st.success("Ready")
+        try:
+            model = client.model()
+        except (ApiUnavailable, ApiRejected) as exc:
+            st.warning(str(exc))
+            return
+        metrics = model.get("metrics", {})
+        auc = metrics.get("val_roc_auc")
+        loaded = datetime.fromtimestamp(model["loaded_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+        st.markdown(
+            f"**Model** {model['model_name']}@{model['model_alias']}  \n"
+            f"**Version** {model['model_version']}  \n"
+            f"**Validation ROC-AUC** {'n/a' if auc is None else f'{auc:.3f}'}  \n"
+            f"**Decision threshold** {model['threshold']:.3f}  \n"
+            f"**Loaded** {loaded}"
+        )
+        with st.expander("All metrics"):
+            st.dataframe(pd.Series(metrics, name="value").sort_index(), width="stretch")
+
+
+# -- one encounter -----------------------------------------------------------------------------------
+
+def field_input(col: Column) -> tuple[Any, str]:
+    """Render the input of one contract column; its widget value and (open categories) the free text."""
+    label, help_text = col.name, form.help_text(col)
+    kind = form.widget(col)
+    if kind == "number":
+        return st.number_input(label, min_value=col.minimum, max_value=col.maximum, value=form.default(col),
+                               step=1, key=form.key(col), help=help_text), ""
+    if kind == "text":
+        return st.text_input(label, value=form.default(col), key=form.key(col), help=help_text,
+                             placeholder="e.g. 250.83 (empty: unknown)"), ""
+    choices = form.options(col)
+    value = st.selectbox(label, choices, index=choices.index(form.default(col)), key=form.key(col),
+                         format_func=partial(form.format_option, col), help=help_text)
+    other = ""
+    if col.kind == "open_category":
+        other = st.text_input(f"{col.name}: other value", key=form.other_key(col), label_visibility="collapsed",
+                              placeholder=f"value when “{form.OTHER}” is chosen")
+    return value, other
+
+
+def show_field_errors(title: str, errors: list[FieldError]) -> None:
+    st.error(title + "\n" + "\n".join(f"- **{e.field}**: {e.message}" for e in errors))
+
+
+def show_prediction(prediction: dict[str, Any]) -> None:
+    if not prediction["scored"]:
+        st.info(f"Not scored: {prediction['reason']}")
+    else:
+        left, right = st.columns(2)
+        left.metric("Probability of readmission within 30 days", f"{prediction['probability']:.1%}")
+        band = prediction["risk_band"]
+        right.markdown(f"**Risk band**\n\n:{BAND_COLOURS.get(band, 'gray')}-badge[{band}]")
+    st.caption(f"Model {prediction['model_name']} version {prediction['model_version']}")
+
+
+def single_encounter(client: ApiClient) -> None:
+    values: dict[str, Any] = {}
+    others: dict[str, str] = {}
+    with st.form("encounter_form"):
+        for section in form.sections():
+            box = st.expander(section.title) if section.in_expander else st.container()
+            with box:
+                if not section.in_expander:
+                    st.subheader(section.title)
+                grid = st.columns(GRID)
+                for i, col in enumerate(section.columns):
+                    with grid[i % GRID]:
+                        values[col.name], others[col.name] = field_input(col)
+        submitted = st.form_submit_button("Predict", type="primary", key="predict")
+
+    if submitted:
+        encounter, errors = form.build_encounter(values, others)
+        st.session_state["sent_encounter"] = encounter
+        outcome = Outcome(errors=errors)
+        if not errors:
+            try:
+                outcome.result = client.predict(encounter)
+            except ApiRejected as exc:
+                outcome.errors = exc.errors
+            except ApiUnavailable as exc:
+                outcome.down = str(exc)
+        st.session_state["prediction"] = outcome
+
+    outcome = st.session_state.get("prediction")
+    if outcome is None:
+        return
+    if outcome.down:
+        st.error(outcome.down)
+    elif outcome.errors:
+        show_field_errors("The encounter breaks the contract:", outcome.errors)
+    else:
+        show_prediction(outcome.result)
+
+
+# -- many encounters ---------------------------------------------------------------------------------
+
+def many_encounters(client: ApiClient, chunk_size: int) -> None:
+    st.markdown(
+        "Upload a CSV in the format of `diabetic_data.csv` (the contract's column names, `?` or empty for "
+        "missing). Identifiers, `readmitted` and other extra columns are kept in the output, not sent. "
+        f"Rows are checked against the contract, then scored in chunks of {chunk_size:,}."
+    )
+    upload = st.file_uploader("CSV of encounters", type=["csv"], key="csv")
+    if upload is None:
+        return
+    data = upload.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    if st.button(f"Score {upload.name}", type="primary", key="score"):
+        st.session_state["batch"] = (digest, score_upload(data, client, chunk_size))
+    stored = st.session_state.get("batch")
+    if stored is None or stored[0] != digest:
+        return
+    outcome: Outcome = stored[1]
+    if outcome.down:
+        st.error(outcome.down)
+    elif outcome.errors:
+        show_field_errors("The file cannot be scored:", outcome.errors)
+    else:
+        show_batch(outcome.result, PurePath(upload.name).stem)
+
+
+def score_upload(data: bytes, client: ApiClient, chunk_size: int) -> Outcome:
+    try:
+        frame = read_csv(data)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        return Outcome(errors=[FieldError("file", f"not a readable CSV ({exc})")])
+    bar = st.progress(0.0, text=f"Scoring {len(frame):,} rows…")
+    try:
+        return Outcome(result=score_frame(frame, client, chunk_size, progress=lambda done, total: bar.progress(
+            done / total, text=f"{done:,} of {total:,} valid rows scored")))
+    except SchemaMismatchError as exc:
+        return Outcome(errors=[FieldError("columns", f"the file lacks required column(s): {', '.join(exc.missing)}")])
+    except ApiRejected as exc:
+        return Outcome(errors=exc.errors)
+    except ApiUnavailable as exc:
+        return Outcome(down=str(exc))
+    finally:
+        bar.empty()
+
+
+def show_batch(result: BatchResult, stem: str) -> None:
+    scored = result.scored
+    n_scored = int(scored["scored"].sum())
+    out_of_scope = result.n_sent - n_scored
+    st.success(f"{len(scored):,} rows: {n_scored:,} scored, {out_of_scope:,} out of scope (not scored), "
+               f"{len(result.rejected):,} rejected by the contract (not sent).")
+    if n_scored:
+        bands = scored["risk_band"].value_counts().reindex(list(BAND_COLOURS), fill_value=0)
+        st.markdown("  ·  ".join(f":{BAND_COLOURS[b]}-badge[{b}] {n:,}" for b, n in bands.items()))
+    if len(result.rejected):
+        st.warning(f"{len(result.rejected):,} row(s) rejected by the contract (row 1 = first data row):")
+        st.dataframe(result.rejected, hide_index=True, width="stretch")
+    st.download_button("Download the scored CSV", data=result.to_csv(), file_name=f"{stem}-scored.csv",
+                       mime="text/csv", key="download", on_click="ignore")
+    st.caption("Preview (first 200 rows)")
+    st.dataframe(scored.head(200), width="stretch")
