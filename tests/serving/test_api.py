@@ -118,7 +118,8 @@ def test_hot_swap_while_a_client_keeps_sending(registered, encounters, tmp_path)
     models = register_models(registered.tracking_uri, name, tmp_path)
     client = MlflowClient(registered.tracking_uri)
     old, new = models.versions["hist_gradient_boosting"], models.versions["logistic_regression"]
-    url, process = api_process(tmp_path, registered.tracking_uri, name, poll_seconds=0.5)
+    cache = tmp_path / "model-cache"
+    url, process = api_process(tmp_path, registered.tracking_uri, name, poll_seconds=0.5, MODEL_CACHE_DIR=str(cache))
     with process:
         wait_http(f"{url}/ready", timeout=120)
         seen: list[str] = []
@@ -153,6 +154,7 @@ def test_hot_swap_while_a_client_keeps_sending(registered, encounters, tmp_path)
     first_new = seen.index(new)
     assert set(seen[first_new + 50 :]) <= {new}  # once swapped, it stays swapped
     assert len(seen) > 100
+    assert (cache / name / old / "MLmodel").exists() and (cache / name / new / "MLmodel").exists()
 
 
 def test_mlflow_stopped_predictions_continue(encounters, tmp_path):

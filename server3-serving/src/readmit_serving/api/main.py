@@ -41,7 +41,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
                                       initializer=threadpool_limits, initargs=(1,))
         watcher = ModelWatcher(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
-                               settings.model_poll_seconds, holder)
+                               settings.model_poll_seconds, holder, settings.model_cache_dir)
         metrics.MODEL_LOADED.set(0)
         metrics.MODEL_VERSION.set(0)
         app.state.services = Services(settings, holder, MicroBatcher(holder, executor, settings.microbatch_max_rows),

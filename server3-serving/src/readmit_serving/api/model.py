@@ -4,6 +4,7 @@ to answer with it, loaded once per version; and the holder that swaps versions a
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,13 +99,18 @@ def stack_if_equal(pipeline: Any, rows: int = 500) -> StackedTrees | None:
     return stacked if np.allclose(actual, expected, rtol=0, atol=1e-9) else None
 
 
-def load_version(client: Any, name: str, version: str, alias: str) -> LoadedModel:
-    """Download and load one registered version, with its threshold and metrics from its run."""
+def load_version(client: Any, name: str, version: str, alias: str, cache_dir: str | None = None) -> LoadedModel:
+    """Download (into ``cache_dir``/NAME/VERSION when given) and load one registered version, with its
+    threshold and metrics from its run."""
     import mlflow
 
     model_version = client.get_model_version(name, version)
     run = client.get_run(model_version.run_id)
-    pipeline = single_threaded(mlflow.sklearn.load_model(f"models:/{name}/{version}"))
+    dst_path = None
+    if cache_dir:
+        dst_path = Path(cache_dir) / name / str(version)
+        dst_path.mkdir(parents=True, exist_ok=True)
+    pipeline = single_threaded(mlflow.sklearn.load_model(f"models:/{name}/{version}", dst_path=dst_path))
     metrics = dict(run.data.metrics)
     for key, value in model_version.tags.items():
         if key.startswith("test_"):

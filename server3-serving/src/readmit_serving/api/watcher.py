@@ -29,7 +29,8 @@ class WatcherStatus:
 
 
 class ModelWatcher:
-    def __init__(self, tracking_uri: str, name: str, alias: str, poll_seconds: float, holder: ModelHolder) -> None:
+    def __init__(self, tracking_uri: str, name: str, alias: str, poll_seconds: float, holder: ModelHolder,
+                 cache_dir: str | None = None) -> None:
         # fail fast when MLflow is away: the next tick retries (the client's default backs off for minutes)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -39,6 +40,7 @@ class ModelWatcher:
         self.tracking_uri = tracking_uri
         self.name, self.alias, self.poll_seconds = name, alias, poll_seconds
         self.holder = holder
+        self.cache_dir = cache_dir
         self.status = WatcherStatus()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,7 +72,7 @@ class ModelWatcher:
             self.status.last_error = None
             return
         try:
-            model = load_version(self.client, self.name, version, self.alias)
+            model = load_version(self.client, self.name, version, self.alias, self.cache_dir)
         except Exception as exc:  # noqa: BLE001 - keep serving the old model
             metrics.MODEL_RELOADS.labels(result="failure").inc()
             self.status.last_error = f"loading {self.name} v{version} failed: {type(exc).__name__}: {exc}"[:500]
