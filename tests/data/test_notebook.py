@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def _run(tmp_path: Path, raw_url: str, name: str, **parameters) -> nbformat.NotebookNode:
     out = tmp_path / f"{name}.ipynb"
     papermill.execute_notebook(
-        str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False, cwd=str(tmp_path),
+        str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False, cwd=str(tmp_path), start_timeout=300,
         parameters={"data_source": SOURCE, "raw_db_url": raw_url, "batch_size": BATCH_SIZE, **parameters},
     )
     return nbformat.read(out, as_version=4)
