@@ -111,3 +111,11 @@ def test_skops_round_trip_trusts_only_the_transform(fitted, cleaned):
     assert sio.get_untrusted_types(data=blob) == ["readmit_contract.features.EncounterFeatures"]
     restored = sio.loads(blob, trusted=["readmit_contract.features.EncounterFeatures"])
     np.testing.assert_array_equal(restored.transform(cleaned), fitted.transform(cleaned))
+
+
+def test_records_with_nan_for_missing_match_the_frame(fitted, cleaned):
+    """Records taken straight from a frame carry NaN for missing values: same features as the frame."""
+    rows = cleaned.head(100)
+    records = rows.to_dict("records")
+    assert any(isinstance(v, float) and v != v for r in records for v in r.values())
+    np.testing.assert_array_equal(fitted.transform(records), fitted.transform(rows))

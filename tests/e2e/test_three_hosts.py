@@ -217,7 +217,7 @@ def platform(tmp_path):
             shutil.rmtree(datadir, ignore_errors=True)
     left = sorted(n for n in namespaces() if n.startswith(prefix))
     assert not left, f"network namespaces left behind: {left}"
-    assert not list(ETC_NETNS.glob(f"{prefix}-*")), f"/etc/netns folders left behind"
+    assert not list(ETC_NETNS.glob(f"{prefix}-*")), "/etc/netns folders left behind"
 
 
 # -- node steps -------------------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ def test_both_jobs_are_scraped_and_the_rules_loaded(prometheus_under_load):
 def test_the_api_and_locust_expose_what_the_dashboards_read(prometheus_under_load):
     prometheus, _ = prometheus_under_load
     names = set()
-    for _, _, target, board in panel_targets():
+    for _, _, target, _board in panel_targets():
         names |= set(re.findall(r"\b((?:readmit_api|locust)_[a-z0-9_]+)", target["expr"]))
     series = httpx.get(f"{prometheus}/api/v1/label/__name__/values", timeout=10).json()["data"]
     assert names <= set(series), f"queried but never scraped: {sorted(names - set(series))}"

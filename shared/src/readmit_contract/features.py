@@ -81,7 +81,8 @@ def column_values(X: Any, names: Sequence[str]) -> tuple[int, dict[str, Sequence
             values[name] = array
         return len(X), values
     records = [X] if isinstance(X, Mapping) else X
-    return len(records), {name: [r.get(name) for r in records] for name in names}
+    # v == v is False only for NaN: a record taken from a frame may carry NaN for missing
+    return len(records), {name: [v if v == v else None for v in (r.get(name) for r in records)] for name in names}
 
 
 def _with_missing(lookup: dict[Any, int], index: int) -> dict[Any, int]:

@@ -148,7 +148,7 @@ def validate(frame: pd.DataFrame) -> ValidationResult:
         cases = exc.failure_cases
         crashed = cases[cases["index"].isna()]
         if len(crashed):  # a check that raised has not judged the rows: never let them through
-            raise RuntimeError(f"contract checks failed to run: {crashed[['column', 'check', 'failure_case']]}")
+            raise RuntimeError(f"contract checks failed to run: {crashed[['column', 'check', 'failure_case']]}") from exc
         order = {name: i for i, name in enumerate(COLUMN_NAMES)}
         cases = cases.assign(_order=cases["column"].map(order)).sort_values(["index", "_order"], kind="stable")
         messages = (
