@@ -43,12 +43,14 @@ def raw_baseline(train: pd.DataFrame, test: pd.DataFrame) -> tuple[float, float]
         out = frame[columns].copy()
         for name in columns:
             if name in TEXT_COLUMNS:
-                coded = pd.Categorical(out[name].astype("str").fillna("?"), categories=categories[name])
+                values = out[name].astype("str").fillna("?")
+                values = values.where(values.isin(categories[name]), "?")  # unseen in training: as missing
+                coded = pd.Categorical(values, categories=categories[name])
                 # HGB takes at most 255 native categories: wider columns (ICD-9 codes) as integer codes
                 out[name] = coded if len(categories[name]) <= 255 else coded.codes
         return out
 
-    categories = {n: sorted(train[n].astype("str").fillna("?").unique()) for n in columns if n in TEXT_COLUMNS}
+    categories = {n: sorted({*train[n].astype("str").fillna("?").unique(), "?"}) for n in columns if n in TEXT_COLUMNS}
     model = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
     started = time.perf_counter()
     model.fit(encode(train), train[TARGET])
