@@ -34,8 +34,8 @@ MODEL = "diabetes-readmission-bench"
 def train_champion(root: Path, tracking_uri: str) -> list[dict]:
     """CleanData through the platform's loaders, one HGB candidate trained, registered, made champion."""
     from readmit_contract import synthetic, validate
-    from readmit_contract.columns import FEATURE_COLUMNS
     from readmit_contract.dataset import read_raw_csv
+    from readmit_contract.encounter import json_encounters
     from readmit_data.loading import load
     from readmit_data.preprocessing import preprocess_pending
     from readmit_data.registry import register_and_promote
@@ -55,7 +55,7 @@ def train_champion(root: Path, tracking_uri: str) -> list[dict]:
         register_and_promote(settings, clean_store, result)
     rows = validate(frame.head(2000)).valid
     rows = rows[~rows["discharge_disposition_id"].isin([11, 13, 14, 19, 20, 21])]
-    return json.loads(rows[list(FEATURE_COLUMNS)].replace("?", None).to_json(orient="records"))
+    return json_encounters(rows)
 
 
 def wrk(url: str, body: dict, seconds: int, connections: int, workdir: Path) -> dict[str, float]:

@@ -3,15 +3,13 @@ uvicorn process in front of it."""
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from readmit_contract import validate
-from readmit_contract.columns import FEATURE_COLUMNS
+from readmit_contract.encounter import json_encounters
 from readmit_contract.target import EXCLUDED_DISCHARGE_DISPOSITIONS
 from readmit_data.loading import load, read_source
 from readmit_data.preprocessing import preprocess_pending
@@ -61,7 +59,7 @@ def encounters() -> list[dict]:
     """In-scope encounters as JSON bodies (contract names, null for missing)."""
     rows = validate(read_source(SOURCE).head(400)).valid
     rows = rows[~rows["discharge_disposition_id"].isin(EXCLUDED_DISCHARGE_DISPOSITIONS)]
-    return json.loads(rows[list(FEATURE_COLUMNS)].replace("?", None).to_json(orient="records"))
+    return json_encounters(rows)
 
 
 def api_process(tmp_path: Path, tracking_uri: str, model_name: str, poll_seconds: float = 1.0, **env: str):

@@ -11,7 +11,6 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-
 from readmit_contract import example_encounter
 
 from ..support import mlflow_server, wait_http

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-from sklearn.ensemble import HistGradientBoostingClassifier
-
 from readmit_contract import TARGET, clean, synthetic, validate
 from readmit_data.candidates import build_pipeline
 from readmit_serving.api.fast_trees import StackedTrees
 from readmit_serving.api.model import LoadedModel, stack_if_equal
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 
 def test_equal_to_sklearn_with_missing_values():

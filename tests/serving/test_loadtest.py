@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from readmit_contract import FEATURE_COLUMNS, Encounter
 from readmit_contract.target import EXCLUDED_DISCHARGE_DISPOSITIONS
 

@@ -10,11 +10,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from readmit_contract import synthetic, validate
 from readmit_contract.columns import column
 from readmit_contract.encounter import ENCOUNTER_COLUMNS
+from streamlit.testing.v1 import AppTest
 
 from ..support import free_port
 from .conftest import api_process

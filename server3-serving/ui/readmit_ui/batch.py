@@ -10,14 +10,14 @@ reasons and not sent; the others are sent (their features only) in chunks.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 from readmit_contract import SchemaMismatchError, validate
-from readmit_contract.columns import COLUMNS, FEATURE_COLUMNS, MISSING
+from readmit_contract.columns import COLUMNS, MISSING
+from readmit_contract.encounter import json_encounters
 from readmit_contract.validate import REASON
 
 from .client import ApiClient
@@ -66,7 +66,7 @@ def _for_validation(frame: pd.DataFrame) -> pd.DataFrame:
 
 def encounters_of(valid: pd.DataFrame) -> list[dict[str, Any]]:
     """Valid rows (typed by the validator) as JSON encounters: features only, null for missing."""
-    return json.loads(valid[list(FEATURE_COLUMNS)].replace(MISSING, None).to_json(orient="records"))
+    return json_encounters(valid)
 
 
 def score_frame(frame: pd.DataFrame, client: ApiClient, chunk_size: int = MAX_CHUNK,

@@ -87,6 +87,15 @@ Encounter: type[_EncounterBase] = create_model(  # type: ignore[call-overload]
 )
 
 
+def json_encounters(valid: Any) -> list[dict[str, Any]]:
+    """Rows typed by ``validate`` (a DataFrame) as API request bodies: feature columns only, null for missing."""
+    import json
+
+    from .columns import FEATURE_COLUMNS
+
+    return json.loads(valid[list(FEATURE_COLUMNS)].replace(MISSING, None).to_json(orient="records"))
+
+
 def example_encounter() -> dict[str, Any]:
     """A valid encounter (JSON names), built from the contract's first allowed values and minima."""
     record: dict[str, Any] = {}

@@ -4,15 +4,15 @@ to answer with it, loaded once per version; and the holder that swaps versions a
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from readmit_contract.target import excluded_reason, is_scorable
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
-from readmit_contract.target import excluded_reason, is_scorable
 
 from .fast_trees import StackedTrees
 
