@@ -1,9 +1,7 @@
 """Fixtures of the deployment tests: the playbook's settings, and every server's rendered manifests.
 
-No cluster is needed: kustomizations are rendered with ``kubectl kustomize`` from a copy of each
-server folder in a temporary directory. Files a kustomization reads that are not in the
-repository yet (server3-serving/monitoring, being written) get placeholders there, never in
-the repository.
+No cluster is needed: kustomizations are rendered with plain ``kubectl kustomize DIR`` (no flags:
+as a user types it) from a copy of each server folder in a temporary directory.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,6 @@ ROLES_DIR = ANSIBLE_DIR / "roles"
 INVENTORY = REPO_ROOT / "inventory.ini"
 NAMESPACE = "readmit"
 VENV_BIN = Path(sys.executable).parent
-
-# Placeholders for files a kustomization reads that do not exist yet, by file name.
-PLACEHOLDERS = {
-    "prometheus.yml": "global:\n  scrape_interval: 15s\n",
-    "rules.yml": "groups: []\n",
-    "provider.yml": "apiVersion: 1\nproviders: []\n",
-}
-
 
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
@@ -123,7 +113,7 @@ def kustomization(folder: str, root: Path = REPO_ROOT) -> dict[str, Any]:
 
 
 def referenced_files(kust: dict[str, Any]) -> list[str]:
-    """Paths (relative to k8s/) of the files a kustomization's generators read."""
+    """Paths (relative to the kustomization's folder) of the files its generators read."""
     paths = []
     for generator in (kust.get("configMapGenerator") or []) + (kust.get("secretGenerator") or []):
         for entry in (generator.get("files") or []) + (generator.get("envs") or []):
@@ -133,36 +123,27 @@ def referenced_files(kust: dict[str, Any]) -> list[str]:
     return paths
 
 
-def stage_server(folder: str, root: Path, extra_files: dict[str, str] | None = None) -> list[str]:
-    """Copy ``folder``'s k8s/ and every file its kustomization reads under ``root``; write a
-    placeholder for each such file missing from the repository. Returns the placeholders'
-    paths (relative to the server folder)."""
-    source = REPO_ROOT / folder
-    target = root / folder
-    shutil.copytree(source / "k8s", target / "k8s", dirs_exist_ok=True)
-    placeholders = []
-    for rel in referenced_files(kustomization(folder)):
-        src = (source / "k8s" / rel).resolve()
-        dst = (target / "k8s" / rel).resolve()
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_file():
-            shutil.copy2(src, dst)
-        elif not dst.exists():
-            dst.write_text(PLACEHOLDERS.get(dst.name, "{}\n" if dst.suffix == ".json" else ""))
-            placeholders.append(str(dst.relative_to(target)))
+STAGE_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc", ".pytest_cache", ".ipynb_checkpoints")
+
+
+def stage_server(folder: str, root: Path, extra_files: dict[str, str] | None = None) -> None:
+    """Copy the server folder (its k8s/ and the kustomizations it lists) under ``root``, plus
+    ``extra_files`` (paths relative to the server folder) where they do not exist."""
+    shutil.copytree(REPO_ROOT / folder, root / folder, ignore=STAGE_IGNORE, dirs_exist_ok=True)
     for rel, text in (extra_files or {}).items():
-        path = target / rel
+        path = root / folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.write_text(text)
-    return placeholders
+
+
+def kustomize(k8s_dir: Path) -> subprocess.CompletedProcess:
+    """Plain ``kubectl kustomize DIR``: the default load restrictor, no flag a user would not type."""
+    return subprocess.run([kubectl(), "kustomize", str(k8s_dir)], capture_output=True, text=True, timeout=120)
 
 
 def render(k8s_dir: Path) -> list[dict[str, Any]]:
-    result = subprocess.run(
-        [kubectl(), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(k8s_dir)],
-        capture_output=True, text=True, timeout=120,
-    )
+    result = kustomize(k8s_dir)
     assert result.returncode == 0, f"kustomize failed for {k8s_dir}:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -171,7 +152,6 @@ def render(k8s_dir: Path) -> list[dict[str, Any]]:
 class Rendered:
     server: Server
     objects: list[dict[str, Any]]
-    placeholders: list[str] = field(default_factory=list)
 
 
 @pytest.fixture(scope="session")
@@ -180,8 +160,8 @@ def rendered(tmp_path_factory) -> dict[str, Rendered]:
     root = tmp_path_factory.mktemp("rendered")
     out = {}
     for server in deploy_servers():
-        placeholders = stage_server(server.folder, root)
-        out[server.folder] = Rendered(server, render(root / server.folder / "k8s"), placeholders)
+        stage_server(server.folder, root)
+        out[server.folder] = Rendered(server, render(root / server.folder / "k8s"))
     return out
 
 

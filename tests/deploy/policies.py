@@ -431,6 +431,81 @@ def check_images(objs: Iterable[Obj], registry: str, built: Mapping[str, str], r
     return problems
 
 
+# Repositories that no longer serve images, with why. An image from one of them cannot be pulled by
+# a fresh install even though an old cluster may still have it cached.
+GONE_REPOSITORIES = {
+    # MinIO became a source-only distribution in October 2025 and its images were removed from
+    # Docker Hub in September 2026; the same RELEASE.* tags are served from quay.io/minio/minio.
+    "docker.io/minio/minio": "removed from Docker Hub; pull quay.io/minio/minio",
+    "docker.io/minio/mc": "removed from Docker Hub; pull quay.io/minio/mc",
+    # The old Kubernetes registry was frozen in April 2023 and is being shut down.
+    "k8s.gcr.io/": "frozen; pull from registry.k8s.io",
+    # Bitnami's public catalogue moved to docker.io/bitnamilegacy (no updates) in September 2025.
+    "docker.io/bitnami/": "Bitnami's free images were withdrawn (docker.io/bitnamilegacy is frozen)",
+}
+
+
+def registry_of(repository: str) -> str | None:
+    """The registry host an image repository names explicitly, or None (Docker Hub implied)."""
+    first, sep, _ = repository.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+def check_image_sources(objs: Iterable[Obj], gone: Mapping[str, str] | None = None) -> list[str]:
+    """Every image names its registry (no implied Docker Hub: which one a node pulls from must be
+    readable in the manifest), is pinned to a tag other than latest (or a digest), and is not from
+    a repository known to be gone (``gone``: repository or prefix ending in / -> why)."""
+    gone = GONE_REPOSITORIES if gone is None else gone
+    problems = []
+    for pod in pod_templates(objs):
+        for container in pod.all_containers:
+            image = str(container.get("image", ""))
+            where = f"{pod.where} container {container.get('name')}"
+            repository, tag = split_image(image)
+            if registry_of(repository) is None:
+                problems.append(f"{where}: image {image} names no registry (write e.g. docker.io/library/..., quay.io/...)")
+            if tag in (None, "latest"):
+                problems.append(f"{where}: image {image} is not pinned to a tag or digest")
+            for prefix, why in gone.items():
+                if repository == prefix or (prefix.endswith("/") and repository.startswith(prefix)):
+                    problems.append(f"{where}: image {image} comes from {prefix.rstrip('/')}: {why}")
+    return problems
+
+
+# -- state -----------------------------------------------------------------------------------------
+
+
+def check_claim_templates_unlabelled(objs: Iterable[Obj]) -> list[str]:
+    """StatefulSets' volumeClaimTemplates carry no labels: they are immutable (a label added or
+    changed later makes the StatefulSet impossible to update) and a label-scoped prune must never
+    select the claims they create."""
+    problems = []
+    for obj in of_kind(objs, "StatefulSet"):
+        for template in obj.get("spec", {}).get("volumeClaimTemplates") or []:
+            labels = (template.get("metadata") or {}).get("labels")
+            if labels:
+                problems.append(f"{name_of(obj)} volumeClaimTemplate {template.get('metadata', {}).get('name')}: "
+                                f"labels {sorted(labels)}")
+    return problems
+
+
+def check_store_is_swappable(objs: Iterable[Obj], store: str, owners: Iterable[str]) -> list[str]:
+    """Nothing names the object store ``store`` (e.g. "minio") except the objects of ``owners``
+    (their app.kubernetes.io/name): clients reach "an S3 store" through generic settings."""
+    owners = set(owners)
+    problems = []
+    for obj in objs:
+        labels = obj.get("metadata", {}).get("labels") or {}
+        if labels.get("app.kubernetes.io/name") in owners:
+            continue
+        text = repr(obj).lower()
+        if store.lower() in text:
+            problems.append(f"{name_of(obj)}: mentions {store}")
+    return problems
+
+
 # -- addresses -------------------------------------------------------------------------------------
 
 SERVICE_ADDRESS = re.compile(r"(?:[a-z][a-z0-9+.-]*://(?:[^/\s@]+@)?|@)([a-z0-9][a-z0-9.-]*):(\d+)")

@@ -193,14 +193,25 @@ def role_playbook(role: str, tasks_from: str = "main.yml") -> str:
 """
 
 
+def secrets_setup(tmp_path: Path) -> tuple[dict[str, str], Path, Path, dict[str, str]]:
+    command, env, state_file = fake_kube(tmp_path)
+    secrets_file = tmp_path / "home" / ".readmit" / "secrets.yml"
+    return env, state_file, secrets_file, {"readmit_secrets_kubectl": command, "readmit_secrets_file": str(secrets_file)}
+
+
+def applied_secrets(state_file: Path) -> dict[str, dict[str, str]]:
+    import base64
+
+    state = json.loads(state_file.read_text())
+    return {k.split("/")[2]: {key: base64.b64decode(v).decode() for key, v in obj["data"].items()}
+            for k, obj in state["objects"].items() if k.startswith(f"Secret/{NAMESPACE}/")}
+
+
 def test_secrets_are_generated_once_kept_private_and_applied_idempotently(tmp_path):
     pytest.importorskip("cryptography")
     from cryptography.fernet import Fernet
 
-    command, env, state_file = fake_kube(tmp_path)
-    secrets_file = tmp_path / "home" / ".readmit" / "secrets.yml"
-    extra = {"readmit_secrets_kubectl": command, "readmit_secrets_file": str(secrets_file)}
-
+    env, state_file, secrets_file, extra = secrets_setup(tmp_path)
     first = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
     assert first.returncode == 0, first.stdout[-4000:]
     assert playbook_recap(first.stdout)["changed"] > 0
@@ -221,14 +232,82 @@ def test_secrets_are_generated_once_kept_private_and_applied_idempotently(tmp_pa
 
     state = json.loads(state_file.read_text())
     assert NAMESPACE in state["namespaces"]
-    applied = {k.split("/")[2]: v for k, v in state["objects"].items() if k.startswith(f"Secret/{NAMESPACE}/")}
-    assert {name: set(obj["data"]) for name, obj in applied.items()} == created_secrets()
-    import base64
-
-    passwords = json.loads(base64.b64decode(applied["airflow-admin"]["data"]["passwords.json"]))
-    assert passwords == {"admin": values["airflow_admin_password"]}
-    # No secret went through a command line.
+    applied = applied_secrets(state_file)
+    platform = role_defaults("readmit_secrets")["readmit_secrets_platform_secret"]
+    assert {name: set(data) for name, data in applied.items() if name != platform} == created_secrets()
+    assert applied[platform] == {k: str(v) for k, v in values.items()}  # the cluster's copy
+    assert json.loads(applied["airflow-admin"]["passwords.json"]) == {"admin": values["airflow_admin_password"]}
+    assert applied["object-store"] == {"access-key-id": values["minio_root_user"],
+                                       "secret-access-key": values["minio_root_password"]}
+    # No secret went through a command line, nor into ansible's output.
     assert not any(values["mysql_data_root_password"] in " ".join(call) for call in state["calls"])
+    assert not any(v in first.stdout + second.stdout for v in values.values() if len(v) > 8)
+
+
+def test_a_lost_secrets_file_is_read_back_from_the_cluster_never_redrawn(tmp_path):
+    """Run from another control machine (or after losing the file): the cluster's values come back
+    into the file and no Secret changes (new passwords would lock the services out of MySQL)."""
+    env, state_file, secrets_file, extra = secrets_setup(tmp_path)
+    first = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
+    assert first.returncode == 0, first.stdout[-4000:]
+    original, cluster = yaml.safe_load(secrets_file.read_text()), applied_secrets(state_file)
+
+    secrets_file.unlink()
+    again = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert yaml.safe_load(secrets_file.read_text()) == original
+    assert applied_secrets(state_file) == cluster
+    assert playbook_recap(again.stdout)["changed"] == 1, "only the file may be written"
+    assert "read from the cluster" in again.stdout
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+
+
+def test_a_secrets_file_that_disagrees_with_the_cluster_stops_the_play(tmp_path):
+    env, state_file, secrets_file, extra = secrets_setup(tmp_path)
+    assert run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env).returncode == 0
+    cluster = applied_secrets(state_file)
+    values = yaml.safe_load(secrets_file.read_text())
+    values["mysql_data_readmit_password"] = "another0machine0drew0this0value0"
+    secrets_file.write_text(yaml.safe_dump(values))
+
+    result = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
+    assert result.returncode != 0
+    assert "differs from the cluster" in result.stdout and "mysql_data_readmit_password" in result.stdout
+    assert "another0machine0drew0this0value0" not in result.stdout
+    assert applied_secrets(state_file) == cluster, "the cluster's Secrets were overwritten"
+
+
+def test_rotation_changes_the_database_users_first_then_the_secrets(tmp_path):
+    env, state_file, secrets_file, extra = secrets_setup(tmp_path)
+    assert run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env).returncode == 0
+    old = yaml.safe_load(secrets_file.read_text())
+
+    result = run_playbook(tmp_path, role_playbook("readmit_secrets"), {**extra, "readmit_secrets_rotate": True},
+                          env=env)
+    assert result.returncode == 0, result.stdout[-4000:]
+    new = yaml.safe_load(secrets_file.read_text())
+    rotatable = role_defaults("readmit_secrets")["readmit_secrets_rotatable"]
+    assert all(new[k] != old[k] for k in rotatable)
+    assert new["airflow_fernet_key"] == old["airflow_fernet_key"], "the Fernet key encrypts Airflow's connections"
+    assert list(secrets_file.parent.glob("secrets.yml.*")), "the previous file is kept as a backup"
+
+    state = json.loads(state_file.read_text())
+    execs = {entry["argv"][entry["argv"].index("exec") + 2]: entry["stdin"] for entry in state["stdin"]}
+    data_sql = execs["statefulset/mysql-data"]
+    assert f"ALTER USER 'readmit'@'%' IDENTIFIED WITH mysql_native_password BY '{new['mysql_data_readmit_password']}'" \
+        in data_sql
+    assert f"'root'@'%' IDENTIFIED BY '{new['mysql_data_root_password']}'" in data_sql
+    assert f"'mlflow'@'%' IDENTIFIED WITH mysql_native_password BY '{new['mysql_tracking_mlflow_password']}'" \
+        in execs["statefulset/mysql-tracking"]
+    assert execs["deployment/grafana"] == new["grafana_admin_password"] + "\n"  # one line on stdin
+    calls = state["calls"]
+    sql_at = min(i for i, c in enumerate(calls) if "exec" in c)
+    secret_at = max(i for i, c in enumerate(calls) if c[:1] == ["apply"])
+    restart_at = max(i for i, c in enumerate(calls) if c[2:4] == ["rollout", "restart"])
+    assert sql_at < secret_at < restart_at, "databases first, then the Secrets, then the restart"
+    assert applied_secrets(state_file)["mysql-data"]["readmit-password"] == new["mysql_data_readmit_password"]
+    everything = json.dumps(calls) + result.stdout
+    assert not any(new[k] in everything or old[k] in everything for k in rotatable), "a secret was exposed"
 
 
 def stage_repository(root: Path) -> None:
@@ -284,39 +363,57 @@ def test_sources_are_packed_reproducibly_and_tags_follow_each_images_inputs(tmp_
     assert sorted(p.name for p in leader.glob("src-*")) == [Path(third["source_dir"]).name], "old sources left"
 
 
-@pytest.mark.slow
-def test_deploy_renders_with_the_built_tags_applies_once_and_recreates_changed_jobs(tmp_path, node_label_key,
-                                                                                   node_labels):
+def fake_nodes(node_label_key: str, node_labels: dict[str, str], cpu: str = "4", memory: str = "16Gi") -> list[dict]:
+    """Nodes as `kubectl get nodes -o json` lists them: one per group, labelled, with allocatable room."""
+    return [{"apiVersion": "v1", "kind": "Node",
+             "metadata": {"name": f"node-{group}", "labels": {node_label_key: value}},
+             "status": {"allocatable": {"cpu": cpu, "memory": memory}}}
+            for group, value in node_labels.items()]
+
+
+def deploy_setup(tmp_path: Path, node_label_key: str, node_labels: dict[str, str], **node_room: str):
     command, env, state_file = fake_kube(tmp_path)
+    state_file.write_text(json.dumps({"namespaces": [NAMESPACE], "objects": {}, "calls": [], "stdin": [],
+                                      "nodes": fake_nodes(node_label_key, node_labels, **node_room)}))
     repo = tmp_path / "src"
     for server in deploy_servers():
-        stage_server(server.folder, repo, extra_files={"monitoring/grafana/dashboards/capacity.json": "{}\n"}
-                     if server.folder == "server3-serving" else None)
+        stage_server(server.folder, repo)
     tags = {name: "t" + str(i) * 7 for i, name in enumerate(sorted(built_images()))}
     extra = {
         "readmit_deploy_kubectl": command,
         "readmit_deploy_source_dir": str(repo),
-        "readmit_deploy_repo_dir": str(repo),
         "readmit_deploy_overlay_dir": str(tmp_path / "overlays"),
+        "readmit_deploy_tools_dir": str(tmp_path / "tools"),
+        "readmit_deploy_python": sys.executable,
         "readmit_deploy_image_tags": tags,
     }
-    playbook = role_playbook("readmit_deploy")
-    # Later runs skip the waits (read-only, and slow to run here item by item).
-    render_and_apply = role_playbook("readmit_deploy", "render.yml") + """
+    return env, state_file, repo, tags, extra
+
+
+# Later runs skip the waits (read-only, and slow to run here item by item).
+RENDER_AND_APPLY = role_playbook("readmit_deploy", "render.yml") + """
     - name: Apply
       ansible.builtin.include_role:
         name: readmit_deploy
         tasks_from: apply.yml
 """
 
-    first = run_playbook(tmp_path, playbook, extra, env=env)
+
+@pytest.mark.slow
+def test_deploy_renders_with_the_built_tags_applies_once_and_recreates_changed_jobs(tmp_path, node_label_key,
+                                                                                   node_labels):
+    env, state_file, repo, tags, extra = deploy_setup(tmp_path, node_label_key, node_labels)
+    first = run_playbook(tmp_path, role_playbook("readmit_deploy"), extra, env=env)
     assert first.returncode == 0, first.stdout[-5000:]
-    assert playbook_recap(first.stdout)["changed"] == len(deploy_servers())
-    second = run_playbook(tmp_path, render_and_apply, extra, env=env)
+    # the tools' folder and the capacity script, then one apply per server
+    assert playbook_recap(first.stdout)["changed"] == len(deploy_servers()) + 2
+    second = run_playbook(tmp_path, RENDER_AND_APPLY, extra, env=env)
     assert second.returncode == 0, second.stdout[-5000:]
     assert playbook_recap(second.stdout)["changed"] == 0, second.stdout[-5000:]
 
-    objects = list(json.loads(state_file.read_text())["objects"].values())
+    state = json.loads(state_file.read_text())
+    assert not any("load-restrictor" in " ".join(call) for call in state["calls"])
+    objects = list(state["objects"].values())
     for server in deploy_servers():
         mine = [o for o in objects if o["metadata"].get("labels", {}).get("readmit.io/server") == server.folder]
         assert policies.check_node_selector(mine, node_label_key, node_labels[server.group]) == []
@@ -332,7 +429,8 @@ def test_deploy_renders_with_the_built_tags_applies_once_and_recreates_changed_j
     assert airflow["data"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-api:8080/execution/"
     dashboards_map = next(o for o in objects if o["kind"] == "ConfigMap"
                           and o["metadata"]["name"].startswith("grafana-dashboards-"))
-    assert set(dashboards_map["data"]) == {"capacity.json"}
+    dashboards = REPO_ROOT / "server3-serving" / "monitoring" / "grafana" / "dashboards"
+    assert set(dashboards_map["data"]) == {p.name for p in dashboards.glob("*.json")}
     grafana = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "grafana")
     volumes = {v["name"]: v for v in grafana["spec"]["template"]["spec"]["volumes"]}
     assert volumes["dashboards"]["configMap"]["name"] == dashboards_map["metadata"]["name"]
@@ -340,12 +438,77 @@ def test_deploy_renders_with_the_built_tags_applies_once_and_recreates_changed_j
 
     # A new tracking image: the bucket Job (immutable pod template) is deleted and created again.
     tags["readmit-tracking"] = "t9999999"
-    third = run_playbook(tmp_path, render_and_apply, extra, env=env)
+    third = run_playbook(tmp_path, RENDER_AND_APPLY, {**extra, "readmit_deploy_image_tags": tags}, env=env)
     assert third.returncode == 0, third.stdout[-5000:]
     calls = json.loads(state_file.read_text())["calls"]
     assert any(call[:4] == ["-n", NAMESPACE, "delete", "job"] and call[4] == "minio-bucket" for call in calls)
     job = json.loads(state_file.read_text())["objects"][f"Job/{NAMESPACE}/minio-bucket"]
     assert job["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":t9999999")
+
+
+@pytest.mark.slow
+def test_deploy_prunes_what_a_folder_no_longer_declares_and_recreates_changed_statefulsets(
+        tmp_path, node_label_key, node_labels):
+    """A Service removed from a folder's manifests (and the old generated ConfigMap of a changed
+    setting) are deleted; a StatefulSet whose volumeClaimTemplates changed is deleted with
+    --cascade=orphan (pods and claims kept) and created again; the playbook's Secrets and volume
+    claims are never pruned."""
+    env, state_file, repo, tags, extra = deploy_setup(tmp_path, node_label_key, node_labels)
+    first = run_playbook(tmp_path, RENDER_AND_APPLY, extra, env=env)
+    assert first.returncode == 0, first.stdout[-5000:]
+    state = json.loads(state_file.read_text())
+    # What the cluster also holds: the playbook's Secret and a claim made from a claim template.
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "data-mysql-tracking-0", "namespace": NAMESPACE,
+                          "labels": {"app.kubernetes.io/part-of": "readmit", "readmit.io/server": "server2-tracking"}}}
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "minio", "namespace": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "readmit"}}}
+    state["objects"][f"PersistentVolumeClaim/{NAMESPACE}/data-mysql-tracking-0"] = claim
+    state["objects"][f"Secret/{NAMESPACE}/minio"] = secret
+    state_file.write_text(json.dumps(state))
+    before = set(state["objects"])
+
+    locust = repo / "server3-serving" / "k8s" / "locust.yaml"
+    kust = repo / "server3-serving" / "k8s" / "kustomization.yaml"
+    kust.write_text(kust.read_text().replace("  - locust.yaml\n", ""))
+    settings = repo / "server2-tracking" / "k8s" / "kustomization.yaml"
+    settings.write_text(settings.read_text().replace("MLFLOW_WORKERS=2", "MLFLOW_WORKERS=3"))
+    sts = repo / "server2-tracking" / "k8s" / "mysql-tracking.yaml"
+    sts.write_text(sts.read_text().replace("storage: 10Gi", "storage: 20Gi"))
+    assert locust.exists()
+
+    second = run_playbook(tmp_path, RENDER_AND_APPLY, extra, env=env)
+    assert second.returncode == 0, second.stdout[-5000:]
+    state = json.loads(state_file.read_text())
+    after = set(state["objects"])
+    gone = before - after
+    assert {f"Deployment/{NAMESPACE}/locust", f"Service/{NAMESPACE}/locust"} <= gone
+    assert any(k.startswith(f"ConfigMap/{NAMESPACE}/mlflow-settings-") for k in gone), "old ConfigMap not pruned"
+    assert f"PersistentVolumeClaim/{NAMESPACE}/data-mysql-tracking-0" in after
+    assert f"Secret/{NAMESPACE}/minio" in after
+    assert not {k for k in gone if k.split("/")[0] in ("PersistentVolumeClaim", "Secret")}
+    calls = state["calls"]
+    (delete,) = [c for c in calls if c[2:4] == ["delete", "statefulset"]]
+    assert delete[4] == "mysql-tracking" and "--cascade=orphan" in delete
+    assert not state.get("pods_deleted")
+    new = state["objects"][f"StatefulSet/{NAMESPACE}/mysql-tracking"]
+    assert new["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+
+    third = run_playbook(tmp_path, RENDER_AND_APPLY, extra, env=env)
+    assert third.returncode == 0, third.stdout[-5000:]
+    assert playbook_recap(third.stdout)["changed"] == 0, third.stdout[-5000:]
+
+
+@pytest.mark.slow
+def test_deploy_stops_before_applying_when_a_node_is_too_small(tmp_path, node_label_key, node_labels):
+    env, state_file, _, _, extra = deploy_setup(tmp_path, node_label_key, node_labels, cpu="2", memory="4Gi")
+    result = run_playbook(tmp_path, role_playbook("readmit_deploy"), extra, env=env)
+    assert result.returncode != 0
+    assert "Not enough room" in result.stdout and "node-data" in result.stdout and "MiB" in result.stdout
+    assert "Provision a real cluster" in result.stdout  # the README's minimum sizes
+    state = json.loads(state_file.read_text())
+    assert state["objects"] == {}, "something was applied although a node is too small"
+    assert not any(call[:1] == ["apply"] for call in state["calls"])
 
 
 def test_smoke_urls_cover_every_user_facing_service(all_objects):
@@ -366,7 +529,11 @@ def test_smoke_urls_cover_every_user_facing_service(all_objects):
     for entry in defaults["readmit_smoke_urls"] + defaults["readmit_smoke_checks"]:
         assert group_of_folder[folder_of_service[node_ports[entry["port"]]]] == entry["group"], entry
     paths = {c["path"] for c in defaults["readmit_smoke_checks"]}
-    assert {"/ready", "/health", "/api/v2/monitor/health"} <= paths
+    assert {"/health", "/api/v2/monitor/health"} <= paths
+    # The API is not checked through its Service (no Ready pod before a champion exists).
+    api = defaults["readmit_smoke_api"]
+    assert node_ports[api["node_port"]] == "api" and api["node_port"] not in {c["port"] for c in
+                                                                               defaults["readmit_smoke_checks"]}
 
 
 def test_no_machine_paths_in_committed_files():
@@ -385,3 +552,191 @@ def test_no_machine_paths_in_committed_files():
 def _no_home_pollution(monkeypatch, tmp_path):
     """Keep ansible's per-user state of these tests in tmp_path."""
     monkeypatch.setenv("ANSIBLE_HOME", str(tmp_path / ".ansible-home"))
+
+
+# -- the end of the play: smoke checks and the opt-in bootstrap ----------------------------------------
+
+LOCAL_INVENTORY = """
+[data]
+node1 ansible_host=127.0.0.1
+[tracking]
+node2 ansible_host=127.0.0.1
+[serving]
+node3 ansible_host=127.0.0.1
+[cluster_leader]
+node1
+[microk8s:children]
+data
+tracking
+serving
+"""
+
+
+class StandIn:
+    """What the leader sees at the NodePorts, without a cluster: every service's liveness on one port,
+    and the API at another whose /ready turns 200 once the fake cluster ran `airflow dags trigger`
+    (the champion then exists). Stands in for services that cannot run here; the real API's
+    behaviour is tested in tests/serving and across hosts in tests/e2e."""
+
+    def __init__(self, state_file: Path, api: bool = True) -> None:
+        import http.server
+        import threading
+
+        state = state_file
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/ready":
+                    trained = "preprocess_incremental" in json.loads(state.read_text()).get("triggered", [])
+                    self._send(200 if trained else 503, {"ready": trained, "model_version": "1" if trained else None})
+                else:
+                    self._send(200, {"status": "ok"})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                from readmit_contract.encounter import Encounter
+
+                Encounter.model_validate(body)
+                self._send(200, {"probability": 0.12, "risk_band": "medium", "scored": True, "reason": None,
+                                 "model_name": "diabetes-readmission", "model_version": "1"})
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
+        if api:
+            self.servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+        for server in self.servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.health_port = self.servers[0].server_address[1]
+        if api:
+            self.api_port = self.servers[1].server_address[1]
+        else:  # nothing listens: a Service without Ready pods refuses connections
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.api_port = probe.getsockname()[1]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+def end_of_play_vars(tmp_path: Path, command: str, stand_in: StandIn, data: str = "") -> dict:
+    api = {"group": "serving", "node_port": stand_in.api_port}
+    return {
+        "readmit_bootstrap_data": data,
+        "readmit_bootstrap_kubectl": command,
+        "readmit_bootstrap_remote_dir": str(tmp_path / "leader-data"),
+        "readmit_bootstrap_api": api,
+        "readmit_bootstrap_poll": 1,
+        "readmit_bootstrap_timeout": 60,
+        "readmit_smoke_kubectl": command,
+        "readmit_smoke_checks": [{"name": "every service", "group": "data", "port": stand_in.health_port,
+                                  "path": "/health"}],
+        "readmit_smoke_api": {"selector": "app.kubernetes.io/name=api", "port": 8000, "group": "serving",
+                              "node_port": stand_in.api_port},
+        "readmit_smoke_retries": 2,
+        "readmit_smoke_delay": 1,
+    }
+
+
+END_OF_PLAY = """
+- name: The end of site.yml's last play
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  roles:
+    - role: readmit_bootstrap
+      when: readmit_bootstrap_data | default('') | length > 0
+    - role: readmit_smoke
+"""
+
+
+def deployed_api(state_file: Path) -> None:
+    """The fake cluster after readmit_deploy: the API's Deployment (its pod runs, not Ready)."""
+    state = {"namespaces": [NAMESPACE], "calls": [], "stdin": [], "objects": {
+        f"Deployment/{NAMESPACE}/{name}": {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"template": {"metadata": {"labels": {"app.kubernetes.io/name": name}}, "spec": {}}}}
+        for name in ("api", "jupyter", "airflow-scheduler")}}
+    state_file.write_text(json.dumps(state))
+
+
+@pytest.mark.slow
+def test_a_fresh_platform_ends_green_with_the_api_waiting_for_a_model(tmp_path):
+    """No champion yet: the API's Service has no Ready pod, so its NodePort refuses connections. The
+    play checks the API's liveness through the pod proxy instead, and says it waits for a model."""
+    command, env, state_file = fake_kube(tmp_path)
+    deployed_api(state_file)
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(LOCAL_INVENTORY)
+    stand_in = StandIn(state_file, api=False)
+    try:
+        result = run_playbook(tmp_path, END_OF_PLAY, end_of_play_vars(tmp_path, command, stand_in),
+                              inventory=inventory, env=env)
+    finally:
+        stand_in.close()
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "waiting for a model" in result.stdout
+    assert "readmit_bootstrap_data=synthetic" in result.stdout
+    calls = json.loads(state_file.read_text())["calls"]
+    assert any(c[:2] == ["get", "--raw"] and c[2].endswith("/pods/api-0:8000/proxy/health") for c in calls)
+    assert not any("exec" in c for c in calls), "nothing is loaded without the opt-in"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["synthetic", "path"])
+def test_the_opt_in_bootstrap_loads_trains_and_predicts_through_the_node_port(tmp_path, data):
+    command, env, state_file = fake_kube(tmp_path)
+    deployed_api(state_file)
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(LOCAL_INVENTORY)
+    if data == "path":
+        source = tmp_path / "control" / "diabetic_data.csv"
+        source.parent.mkdir()
+        source.write_text("encounter_id,patient_nbr\n")
+        data = str(source)
+    stand_in = StandIn(state_file)
+    try:
+        extra = end_of_play_vars(tmp_path, command, stand_in, data)
+        first = run_playbook(tmp_path, END_OF_PLAY, extra, inventory=inventory, env=env)
+        assert first.returncode == 0, first.stdout[-4000:]
+        state = json.loads(state_file.read_text())
+        second = run_playbook(tmp_path, END_OF_PLAY, extra, inventory=inventory, env=env)
+    finally:
+        stand_in.close()
+    assert "serving model version 1" in first.stdout and "predicted 0.120 (medium)" in first.stdout
+    execs = [e["argv"][e["argv"].index("--") + 1:] for e in state["stdin"]]
+    loader = "synthetic:20000" if data == "synthetic" else "/home/readmit/lab/.cache/readmit/diabetic_data.csv"
+    assert execs == [["readmit-data", "load", "--source", loader, "--batch", "all", "--quiet"],
+                     ["airflow", "dags", "trigger", "preprocess_incremental"]]
+    copies = [c for c in state["calls"] if "cp" in c]
+    if data == "synthetic":
+        assert not copies
+    else:
+        (copy,) = copies
+        assert copy[copy.index("cp") + 2] == "jupyter-0:/home/readmit/lab/.cache/readmit/diabetic_data.csv"
+        assert (tmp_path / "leader-data" / "diabetic_data.csv").read_text() == source.read_text()
+    # A second run finds the champion: it only predicts.
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert playbook_recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
+    assert len(json.loads(state_file.read_text())["stdin"]) == len(execs)
+
+
+def test_the_bootstrap_predicts_the_contracts_example_encounter():
+    from readmit_contract.encounter import Encounter, example_encounter
+
+    encounter = role_defaults("readmit_bootstrap")["readmit_bootstrap_encounter"]
+    assert encounter == example_encounter()
+    Encounter.model_validate(encounter)

@@ -4,6 +4,7 @@ MicroK8s channel, and holds the platform's policies (tests/deploy/policies.py)."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -19,6 +20,7 @@ from .conftest import (
     deploy_servers,
     kubernetes_version,
     kustomization,
+    kustomize,
     node_selector_patch,
     referenced_files,
     registry,
@@ -33,7 +35,8 @@ EXPECTED_SERVICES = {
     "server3-serving": {"api", "ui", "prometheus", "grafana", "locust"},
 }
 # Images whose containers keep state: it must sit on a PersistentVolumeClaim.
-STATEFUL_IMAGES = ("mysql:", "minio/minio:", "prom/prometheus:", "grafana/grafana:")
+STATEFUL_IMAGES = ("docker.io/library/mysql:", "quay.io/minio/minio:", "docker.io/prom/prometheus:",
+                   "docker.io/grafana/grafana:")
 
 
 def test_kubernetes_version_is_covered_offline():
@@ -71,21 +74,60 @@ def test_objects_validate_against_the_kubernetes_schema(rendered, folder):
     assert not failures, "\n".join(failures)
 
 
+def listed_kustomizations(folder: str) -> list[Path]:
+    """The server folder's k8s/ and every kustomization folder it lists under resources:."""
+    k8s = REPO_ROOT / folder / "k8s"
+    found = [k8s]
+    for entry in kustomization(folder).get("resources") or []:
+        path = (k8s / entry).resolve()
+        if path.is_dir():
+            found.append(path)
+    return found
+
+
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_kustomization_conventions(folder):
-    """labels (with templates) rather than commonLabels, one namespace, images set by the images
-    transformer, generator files inside the server folder."""
+    """labels (on templates, not on claim templates) rather than commonLabels, one namespace, images
+    set by the images transformer, generator files in or below each kustomization's own folder (so
+    the default load restrictor accepts them) and inside the server folder."""
     kust = kustomization(folder)
     assert "commonLabels" not in kust
     assert kust.get("namespace") == NAMESPACE
-    assert any(entry.get("includeTemplates") is True for entry in kust.get("labels") or [])
+    (entry,) = kust.get("labels") or []
+    assert not entry.get("includeTemplates"), "includeTemplates also labels volumeClaimTemplates (immutable)"
+    assert {(f["kind"], f["path"]) for f in entry["fields"]} >= {
+        (kind, "spec/template/metadata/labels") for kind in ("Deployment", "StatefulSet", "Job")}
     built = built_images()
     for image in kust.get("images") or []:
         assert image["newName"] == f"{registry()}/{image['name']}"
         assert image["name"] in built
-    for rel in referenced_files(kust):
-        resolved = (REPO_ROOT / folder / "k8s" / rel).resolve()
-        assert resolved.is_relative_to(REPO_ROOT / folder), f"{folder} reads {rel}, outside its folder"
+    for directory in listed_kustomizations(folder):
+        assert directory.is_relative_to(REPO_ROOT / folder), f"{folder} lists {directory}, outside its folder"
+        for rel in referenced_files(yaml.safe_load((directory / "kustomization.yaml").read_text())):
+            resolved = (directory / rel).resolve()
+            assert resolved.is_relative_to(directory), f"{directory} reads {rel}, outside its own folder"
+            assert resolved.is_file(), f"{directory} reads {rel}, which does not exist"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_plain_kubectl_kustomize_renders_the_repository_folder(folder):
+    """`kubectl kustomize server*/k8s` as a user types it (no --load-restrictor), in the checkout."""
+    result = kustomize(REPO_ROOT / folder / "k8s")
+    assert result.returncode == 0, result.stderr
+    assert [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_nothing_asks_for_the_load_restrictor_flag():
+    """The playbook, the docs and the tests render with plain `kubectl kustomize`."""
+    roots = [REPO_ROOT / "ansible", REPO_ROOT / "README.md", REPO_ROOT / "tests" / "e2e"]
+    roots += [REPO_ROOT / s.folder for s in deploy_servers()]
+    offenders = []
+    for root in roots:
+        for path in ([root] if root.is_file() else root.rglob("*")):
+            if path.is_file() and path.suffix in (".yml", ".yaml", ".md", ".py", ".j2", ".sh") \
+                    and "load-restrictor" in path.read_text(errors="ignore"):
+                offenders.append(str(path.relative_to(REPO_ROOT)))
+    assert not offenders, offenders
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
@@ -178,6 +220,32 @@ def test_images_are_built_from_a_dockerfile_or_pinned(rendered, folder):
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
+def test_images_name_their_registry_are_pinned_and_still_served(rendered, folder):
+    assert policies.check_image_sources(rendered[folder].objects) == []
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_volume_claim_templates_carry_no_labels(rendered, folder):
+    assert policies.check_claim_templates_unlabelled(rendered[folder].objects) == []
+
+
+def test_the_s3_store_is_swappable(all_objects, rendered):
+    """Only the MinIO manifest (MinIO, its Service, ConfigMap object-store) and the bucket Job know the
+    S3 store is MinIO; MLflow reads the endpoint from ConfigMap object-store and the keys from Secret
+    object-store."""
+    assert policies.check_store_is_swappable(all_objects, "minio", {"minio", "minio-bucket"}) == []
+    objects = rendered["server2-tracking"].objects
+    (endpoint,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "object-store"]
+    assert endpoint["data"]["MLFLOW_S3_ENDPOINT_URL"].startswith("http")
+    mlflow = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow")
+    (container,) = mlflow["spec"]["template"]["spec"]["containers"]
+    assert {"configMapRef": {"name": "object-store"}} in container["envFrom"]
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+            if e["name"].startswith("AWS_")}
+    assert keys == {"AWS_ACCESS_KEY_ID": "object-store", "AWS_SECRET_ACCESS_KEY": "object-store"}
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
 def test_services_have_their_dns_names(rendered, folder):
     services = {o["metadata"]["name"] for o in policies.of_kind(rendered[folder].objects, "Service")}
     assert EXPECTED_SERVICES[folder] <= services
@@ -242,8 +310,8 @@ def test_airflow_config_map_comes_from_the_settings_file(rendered):
 
 
 def test_monitoring_config_maps_carry_the_repository_files(rendered):
-    """Prometheus' and Grafana's ConfigMaps are generated from server3-serving/monitoring (a
-    placeholder stands in for a file not written yet)."""
+    """Prometheus' and Grafana's ConfigMaps are generated from server3-serving/monitoring, every
+    dashboard of monitoring/grafana/dashboards included (kustomize cannot glob: listed by name)."""
     render = rendered["server3-serving"]
     by_name = {o["metadata"]["name"].rsplit("-", 1)[0]: o for o in render.objects if o["kind"] == "ConfigMap"}
     sources = {
@@ -252,13 +320,13 @@ def test_monitoring_config_maps_carry_the_repository_files(rendered):
         ("grafana-datasources", "prometheus.yml"): "monitoring/grafana/datasources/prometheus.yml",
         ("grafana-dashboard-provider", "provider.yml"): "monitoring/grafana/dashboards/provider.yml",
     }
+    dashboards = sorted((REPO_ROOT / "server3-serving" / "monitoring" / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards
+    sources |= {("grafana-dashboards", d.name): f"monitoring/grafana/dashboards/{d.name}" for d in dashboards}
     for (config_map, key), rel in sources.items():
         assert key in by_name[config_map]["data"], (config_map, key)
-        path = REPO_ROOT / "server3-serving" / rel
-        if path.exists():
-            assert by_name[config_map]["data"][key] == path.read_text()
-        else:
-            assert rel in render.placeholders
+        assert by_name[config_map]["data"][key] == (REPO_ROOT / "server3-serving" / rel).read_text()
+    assert set(by_name["grafana-dashboards"]["data"]) == {d.name for d in dashboards}
 
 
 def _monitoring_file(rel: str):

@@ -116,6 +116,9 @@ def test_the_sound_objects_pass_every_policy(repo):
     assert policies.check_ports(objs) == []
     assert policies.check_config_refs(objs) == []
     assert policies.check_images(objs, "localhost:32000", BUILT, repo) == []
+    assert policies.check_image_sources(objs) == []
+    assert policies.check_claim_templates_unlabelled(objs) == []
+    assert policies.check_store_is_swappable(objs, "minio", {"minio"}) == []
     assert policies.check_service_addresses(objs, policies.of_kind(objs, "Service"), "readmit") == []
     for obj in objs:
         kubernetes_validate.validate(obj, kubernetes_version(), strict=True)
@@ -380,9 +383,68 @@ def test_an_unpinned_or_unmapped_image_fails(repo, image):
 
 def test_pinned_third_party_images_pass(repo):
     objs = sound_objects()
-    for image in ("mysql:8.4.6", "prom/prometheus:v3.5.0", "minio/minio@sha256:" + "0" * 64):
+    for image in ("docker.io/library/mysql:8.4.6", "docker.io/prom/prometheus:v3.5.0",
+                  "quay.io/minio/minio@sha256:" + "0" * 64):
         container(objs)["image"] = image
         assert policies.check_images(objs, "localhost:32000", BUILT, repo) == [], image
+
+
+@pytest.mark.parametrize("image", [
+    "mysql:8.4.6",                       # Docker Hub implied: the registry is not named
+    "grafana/grafana:12.1.1",
+    "docker.io/grafana/grafana",         # no tag
+    "docker.io/grafana/grafana:latest",
+    "docker.io/minio/minio:RELEASE.2025-04-22T22-12-26Z",   # gone from Docker Hub
+    "minio/minio:RELEASE.2025-04-22T22-12-26Z",
+    "k8s.gcr.io/pause:3.9",              # frozen registry
+    "docker.io/bitnami/redis:7.2",
+])
+def test_an_image_without_registry_pin_or_from_a_gone_repository_fails(image):
+    objs = sound_objects()
+    container(objs)["image"] = image
+    assert policies.check_image_sources(objs)
+
+
+@pytest.mark.parametrize("image", [
+    "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z",
+    "docker.io/library/mysql:8.4.6",
+    "registry.k8s.io/pause:3.10",
+    "docker.io/prom/prometheus@sha256:" + "0" * 64,
+    "localhost:32000/readmit-serving:0123abcd",
+])
+def test_images_with_registry_and_pin_from_a_live_repository_pass(image):
+    objs = sound_objects()
+    container(objs)["image"] = image
+    assert policies.check_image_sources(objs) == []
+
+
+def statefulset(claim_labels: dict | None) -> dict:
+    template = {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"]}}
+    if claim_labels is not None:
+        template["metadata"]["labels"] = claim_labels
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+            "spec": {"volumeClaimTemplates": [template]}}
+
+
+def test_a_labelled_volume_claim_template_fails():
+    assert policies.check_claim_templates_unlabelled([statefulset({"readmit.io/server": "server2-tracking"})])
+    assert policies.check_claim_templates_unlabelled([statefulset(None)]) == []
+    assert policies.check_claim_templates_unlabelled([statefulset({})]) == []
+
+
+def test_a_client_that_names_the_object_store_fails():
+    objs = sound_objects()
+    container(objs)["env"].append({"name": "S3_URL", "value": "http://minio:9000"})
+    assert policies.check_store_is_swappable(objs, "minio", {"minio"})
+    objs = sound_objects()
+    container(objs)["env"][0]["valueFrom"]["secretKeyRef"]["name"] = "minio"
+    assert policies.check_store_is_swappable(objs, "minio", {"minio"})
+    # ...but the store's own objects may.
+    objs = sound_objects()
+    container(objs)["env"][0]["valueFrom"]["secretKeyRef"]["name"] = "minio"
+    for obj in objs:
+        obj["metadata"].setdefault("labels", {})["app.kubernetes.io/name"] = "minio"
+    assert policies.check_store_is_swappable(objs, "minio", {"minio"}) == []
 
 
 def test_the_schema_check_catches_a_misspelt_field():

@@ -39,11 +39,11 @@ def kubectl() -> str | None:
 
 
 def render(k8s_dir: Path) -> list[dict[str, Any]]:
-    """Every object of a kustomization, as ``kubectl kustomize`` renders it (files outside it allowed)."""
+    """Every object of a kustomization, as plain ``kubectl kustomize DIR`` renders it."""
     binary = kubectl()
     if binary is None:
         raise FileNotFoundError("kubectl is not installed: cannot render the kustomizations")
-    done = subprocess.run([binary, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(k8s_dir)],
+    done = subprocess.run([binary, "kustomize", str(k8s_dir)],
                           capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {k8s_dir} failed:\n{done.stderr}")
