@@ -5,7 +5,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from readmit_tracking.cli import server_command
+from readmit_tracking.cli import server_command, server_environment
 from readmit_tracking.settings import TrackingSettings
 
 from ..support import BIN, S3_KEYS, moto_s3
@@ -42,13 +42,17 @@ def test_server_serves_artifacts_through_itself(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-real-secret")
     monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "mlflow,mlflow.readmit.svc.cluster.local")
-    cmd = server_command(TrackingSettings())
+    settings = TrackingSettings()
+    cmd = server_command(settings)
     assert "--serve-artifacts" in cmd
     assert cmd[cmd.index("--artifacts-destination") + 1] == "s3://readmit-mlflow"
     assert cmd[cmd.index("--allowed-hosts") + 1] == "mlflow,mlflow.readmit.svc.cluster.local"
+    # The backend store URI (with its password) goes by environment only, never on a command line.
+    assert not any("secret" in part for part in cmd) and "--backend-store-uri" not in cmd
+    assert server_environment(settings)["MLFLOW_BACKEND_STORE_URI"] == os.environ["MLFLOW_BACKEND_STORE_URI"]
     printed = subprocess.run([str(BIN / "readmit-tracking"), "command"], capture_output=True, text=True,
                              env={**os.environ}, check=True).stdout
-    assert "secret" not in printed and "***" in printed
+    assert printed.split()[1:4] == ["-m", "mlflow", "server"] and "secret" not in printed
 
 
 @pytest.mark.slow

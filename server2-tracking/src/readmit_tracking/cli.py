@@ -1,25 +1,36 @@
 """Node 2's commands:
 
     readmit-tracking create-bucket   create the artifact bucket on the S3 endpoint (idempotent)
-    readmit-tracking serve           run `mlflow server` configured from the environment
-    readmit-tracking command         print the `mlflow server` command line (secrets masked)
+    readmit-tracking serve           upgrade the backend store's schema, then exec `mlflow server`
+    readmit-tracking command         print the `mlflow server` command line (it holds no secret)
+
+The backend store URI (with the database password) reaches `mlflow server` by its environment only
+(MLFLOW_BACKEND_STORE_URI, which `mlflow server --backend-store-uri` reads; the server passes it on
+to its workers by environment too), so no process of the server shows it in its command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
+from typing import NoReturn
 
+from .schema import SchemaError, is_database_uri, redacted, upgrade_schema
 from .settings import TrackingSettings
+
+_log = logging.getLogger("readmit_tracking")
 
 
 def server_command(settings: TrackingSettings) -> list[str]:
-    """The `mlflow server` argv: proxied artifacts, so clients need no S3 credentials."""
+    """The `mlflow server` argv, free of secrets: proxied artifacts, so clients need no S3 credentials.
+
+    The backend store URI is not here: `server_environment` passes it as MLFLOW_BACKEND_STORE_URI.
+    """
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", settings.backend_store_uri.get_secret_value(),
         "--artifacts-destination", settings.artifacts_destination,
         "--serve-artifacts",
         "--host", settings.host,
@@ -32,8 +43,9 @@ def server_command(settings: TrackingSettings) -> list[str]:
 
 
 def server_environment(settings: TrackingSettings) -> dict[str, str]:
-    """Environment of the server process: the S3 endpoint and keys boto3 reads."""
+    """Environment of the server process: the backend store URI and the S3 endpoint and keys boto3 reads."""
     env = dict(os.environ)
+    env["MLFLOW_BACKEND_STORE_URI"] = settings.backend_store_uri.get_secret_value()
     if settings.s3_endpoint_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if settings.aws_access_key_id:
@@ -77,25 +89,51 @@ def create_bucket(settings: TrackingSettings, wait_seconds: float = 60.0) -> str
     return f"bucket {settings.bucket} created"
 
 
+def prepare_backend_store(settings: TrackingSettings) -> None:
+    """Bring a database backend store to MLflow's head schema; logs what it did, never the password."""
+    uri = settings.backend_store_uri.get_secret_value()
+    if not is_database_uri(uri):
+        _log.info("backend store is not a database: no schema to upgrade")
+        return
+    import mlflow.store.db.utils  # noqa: F401 - imported first, so the time below is the database's alone
+
+    started = time.perf_counter()
+    change = upgrade_schema(uri)
+    _log.info("backend store %s: %s (%.1f s)", redacted(uri), change, time.perf_counter() - started)
+
+
+def serve(settings: TrackingSettings) -> NoReturn:
+    """Upgrade the schema, then replace this process by `mlflow server` (same pid, secret-free argv)."""
+    prepare_backend_store(settings)
+    cmd = server_command(settings)
+    _log.info("starting: %s", " ".join(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(cmd[0], cmd, server_environment(settings))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="readmit-tracking", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_bucket = sub.add_parser("create-bucket", help="create the S3 artifact bucket (idempotent)")
     p_bucket.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the S3 endpoint")
-    sub.add_parser("serve", help="exec `mlflow server` configured from the environment")
-    sub.add_parser("command", help="print the server command line with the backend URI masked")
+    sub.add_parser("serve", help="upgrade the backend store's schema, then exec `mlflow server`")
+    sub.add_parser("command", help="print the server command line (the backend store URI goes by environment)")
     args = parser.parse_args(argv)
     settings = TrackingSettings()
     if args.command == "create-bucket":
         print(create_bucket(settings, args.wait))
         return 0
-    cmd = server_command(settings)
     if args.command == "command":
-        masked = [("***" if part == settings.backend_store_uri.get_secret_value() else part) for part in cmd]
-        print(" ".join(masked))
+        print(" ".join(server_command(settings)))
         return 0
-    os.execvpe(cmd[0], cmd, server_environment(settings))
-    return 0  # pragma: no cover - exec does not return
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(settings)
+    except SchemaError as exc:
+        _log.error("%s", exc)
+        return 1
 
 
 if __name__ == "__main__":
