@@ -201,19 +201,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal a service's process group; one that ended meanwhile is fine."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def down() -> None:
     pids = _pids()
     if not pids:
         print("down: nothing is running")
     for name, pid in pids.items():
         if _alive(pid):
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(50):
+            _signal_group(pid, signal.SIGTERM)
+            for _ in range(150):  # MLflow's job runner takes 10-15 s to stop
                 if not _alive(pid):
                     break
                 time.sleep(0.2)
             else:
-                os.killpg(pid, signal.SIGKILL)
+                _signal_group(pid, signal.SIGKILL)
             print(f"{name}: stopped")
         (RUN / f"{name}.pid").unlink(missing_ok=True)
 
