@@ -408,26 +408,30 @@ def split_image(image: str) -> tuple[str, str | None]:
     return image, None
 
 
+def container_images(objs: Iterable[Obj]) -> Iterator[tuple[str, str, str, str | None]]:
+    """(where, image, repository, tag or digest) of every container and init container."""
+    for pod in pod_templates(objs):
+        for container in pod.all_containers:
+            image = str(container.get("image", ""))
+            yield f"{pod.where} container {container.get('name')}", image, *split_image(image)
+
+
 def check_images(objs: Iterable[Obj], registry: str, built: Mapping[str, str], repo_root: Path) -> list[str]:
     """Every image of the platform's registry is one the playbook builds, from a Dockerfile that
     exists (``built`` maps image names to Dockerfile paths); every other image is pinned to a tag
     other than latest, or a digest."""
     problems = []
-    for pod in pod_templates(objs):
-        for container in pod.all_containers:
-            image = str(container.get("image", ""))
-            where = f"{pod.where} container {container.get('name')}"
-            repository, tag = split_image(image)
-            if repository.startswith(registry + "/"):
-                name = repository[len(registry) + 1:]
-                if name not in built:
-                    problems.append(f"{where}: image {image} is not built by the playbook")
-                elif not (repo_root / built[name]).is_file():
-                    problems.append(f"{where}: image {image} has no Dockerfile ({built[name]} missing)")
-            elif tag in (None, "latest"):
-                problems.append(f"{where}: image {image} is not pinned")
-            elif "/" not in repository and repository.startswith("readmit"):
-                problems.append(f"{where}: image {image} was not mapped to the registry (images: transformer)")
+    for where, image, repository, tag in container_images(objs):
+        if repository.startswith(registry + "/"):
+            name = repository[len(registry) + 1:]
+            if name not in built:
+                problems.append(f"{where}: image {image} is not built by the playbook")
+            elif not (repo_root / built[name]).is_file():
+                problems.append(f"{where}: image {image} has no Dockerfile ({built[name]} missing)")
+        elif tag in (None, "latest"):
+            problems.append(f"{where}: image {image} is not pinned")
+        elif "/" not in repository and repository.startswith("readmit"):
+            problems.append(f"{where}: image {image} was not mapped to the registry (images: transformer)")
     return problems
 
 
@@ -459,18 +463,14 @@ def check_image_sources(objs: Iterable[Obj], gone: Mapping[str, str] | None = No
     a repository known to be gone (``gone``: repository or prefix ending in / -> why)."""
     gone = GONE_REPOSITORIES if gone is None else gone
     problems = []
-    for pod in pod_templates(objs):
-        for container in pod.all_containers:
-            image = str(container.get("image", ""))
-            where = f"{pod.where} container {container.get('name')}"
-            repository, tag = split_image(image)
-            if registry_of(repository) is None:
-                problems.append(f"{where}: image {image} names no registry (write e.g. docker.io/library/..., quay.io/...)")
-            if tag in (None, "latest"):
-                problems.append(f"{where}: image {image} is not pinned to a tag or digest")
-            for prefix, why in gone.items():
-                if repository == prefix or (prefix.endswith("/") and repository.startswith(prefix)):
-                    problems.append(f"{where}: image {image} comes from {prefix.rstrip('/')}: {why}")
+    for where, image, repository, tag in container_images(objs):
+        if registry_of(repository) is None:
+            problems.append(f"{where}: image {image} names no registry (write e.g. docker.io/library/..., quay.io/...)")
+        if tag in (None, "latest"):
+            problems.append(f"{where}: image {image} is not pinned to a tag or digest")
+        for prefix, why in gone.items():
+            if repository == prefix or (prefix.endswith("/") and repository.startswith(prefix)):
+                problems.append(f"{where}: image {image} comes from {prefix.rstrip('/')}: {why}")
     return problems
 
 
