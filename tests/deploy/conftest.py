@@ -190,6 +190,21 @@ def node_selector_patch(folder: str) -> dict[str, str]:
     return operation["value"]
 
 
+def role_playbook(role: str, tasks_from: str = "main.yml", hosts: str = "localhost") -> str:
+    """A playbook that runs one task file of a role on ``hosts`` (localhost: on this machine)."""
+    connection = "\n  connection: local" if hosts == "localhost" else ""
+    return f"""
+- name: Run {role} on {hosts}
+  hosts: {hosts}{connection}
+  gather_facts: false
+  tasks:
+    - name: Run the role's steps
+      ansible.builtin.include_role:
+        name: {role}
+        tasks_from: {tasks_from}
+"""
+
+
 def playbook_recap(output: str, host: str = "localhost") -> dict[str, int]:
     """The PLAY RECAP counters of ``host`` in ansible-playbook's output."""
     for line in output.splitlines():

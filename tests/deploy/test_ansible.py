@@ -29,6 +29,7 @@ from .conftest import (
     playbook_recap,
     registry,
     role_defaults,
+    role_playbook,
     run_playbook,
     stage_server,
     tool,
@@ -177,20 +178,6 @@ def fake_kube(tmp_path: Path) -> tuple[str, dict[str, str], Path]:
     state = tmp_path / "cluster.json"
     return (f"{sys.executable} {FAKE_KUBECTL}",
             {"FAKE_KUBE_STATE": str(state), "FAKE_KUBE_REAL": kubectl()}, state)
-
-
-def role_playbook(role: str, tasks_from: str = "main.yml") -> str:
-    return f"""
-- name: Run {role} here
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  tasks:
-    - name: Run the role's steps
-      ansible.builtin.include_role:
-        name: {role}
-        tasks_from: {tasks_from}
-"""
 
 
 def secrets_setup(tmp_path: Path) -> tuple[dict[str, str], Path, Path, dict[str, str]]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import playbook_recap, role_defaults, run_playbook
+from .conftest import playbook_recap, role_defaults, role_playbook, run_playbook
 from .fake_microk8s import initial_state
 
 FAKE = Path(__file__).with_name("fake_microk8s.py")
@@ -74,16 +74,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def run_role(tmp_path: Path, role: str, tasks_from: str, state: Path, switches: dict[str, str] | None = None,
              extra: dict[str, Any] | None = None) -> subprocess.CompletedProcess:
-    playbook = f"""
-- name: Run {role} on the three fake machines
-  hosts: microk8s
-  gather_facts: false
-  tasks:
-    - name: Run the role's steps
-      ansible.builtin.include_role:
-        name: {role}
-        tasks_from: {tasks_from}
-"""
+    playbook = role_playbook(role, tasks_from, hosts="microk8s")
     env = {"FAKE_MICROK8S_STATE": str(state), "ANSIBLE_HOME": str(tmp_path / ".ansible-home"), **(switches or {})}
     return run_playbook(tmp_path, playbook, {**FAST, **(extra or {})}, inventory=inventory(tmp_path), env=env)
 
