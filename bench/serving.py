@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -58,10 +59,12 @@ def train_champion(root: Path, tracking_uri: str) -> list[dict]:
     return json_encounters(rows)
 
 
-def wrk(url: str, body: dict, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
-    script = workdir / "post.lua"
+def wrk(url: str, body: dict, seconds: int, connections: int, workdir: Path,
+        headers: dict[str, str] | None = None) -> dict[str, float]:
+    script = workdir / "post.lua"  # headers (the API key) go in the script, not on wrk's command line
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(json.dumps(body))}\n")
+                      + "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items())
+                      + f"wrk.body = {json.dumps(json.dumps(body))}\n")
     out = subprocess.run(["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s",
                           str(script), url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -86,7 +89,9 @@ def main() -> None:
         with mlflow_server(root, f"sqlite:///{root}/mlflow.db", str(root / "artifacts")) as tracking:
             rows = train_champion(root, tracking)
             encounter = rows[0]
-            env = {"MLFLOW_TRACKING_URI": tracking, "MODEL_NAME": MODEL,
+            key = secrets.token_urlsafe(24)  # this run's API key (the API does not start without API_KEYS)
+            auth = {"X-API-Key": key}
+            env = {"MLFLOW_TRACKING_URI": tracking, "MODEL_NAME": MODEL, "API_KEYS": f"bench:{key}",
                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
             api, mlf, noop = free_port(), free_port(), free_port()
             uvicorn = [str(BIN / "uvicorn"), "--host", "127.0.0.1", "--no-access-log", "--workers", "1"]
@@ -100,18 +105,20 @@ def main() -> None:
                          root / "noop.log", ready_url=None):
                 time.sleep(2)
                 targets = {
-                    "no-op FastAPI": (f"http://127.0.0.1:{noop}/predict", encounter),
-                    "this API /predict": (f"http://127.0.0.1:{api}/predict", encounter),
-                    "mlflow models serve": (f"http://127.0.0.1:{mlf}/invocations", {"dataframe_records": [encounter]}),
+                    "no-op FastAPI": (f"http://127.0.0.1:{noop}/predict", encounter, {}),
+                    "this API /predict": (f"http://127.0.0.1:{api}/predict", encounter, auth),
+                    "mlflow models serve": (f"http://127.0.0.1:{mlf}/invocations", {"dataframe_records": [encounter]},
+                                            {}),
                 }
-                for name, (url, body) in targets.items():
-                    assert httpx.post(url, json=body, timeout=30).is_success, name
-                    wrk(url, body, 3, args.connections, root)  # warm-up
-                    results[name] = wrk(url, body, args.seconds, args.connections, root)
+                for name, (url, body, headers) in targets.items():
+                    assert httpx.post(url, json=body, headers=headers, timeout=30).is_success, name
+                    wrk(url, body, 3, args.connections, root, headers)  # warm-up
+                    results[name] = wrk(url, body, args.seconds, args.connections, root, headers)
                 batch = {"encounters": (rows * (1000 // len(rows) + 1))[:1000]}
-                httpx.post(f"http://127.0.0.1:{api}/predict/batch", json=batch, timeout=60).raise_for_status()
+                httpx.post(f"http://127.0.0.1:{api}/predict/batch", json=batch, headers=auth,
+                           timeout=60).raise_for_status()
                 started_at, n = time.perf_counter(), 0
-                with httpx.Client(timeout=60) as client:
+                with httpx.Client(timeout=60, headers=auth) as client:
                     while time.perf_counter() - started_at < args.seconds:
                         client.post(f"http://127.0.0.1:{api}/predict/batch", json=batch).raise_for_status()
                         n += 1000

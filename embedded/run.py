@@ -13,14 +13,18 @@ and Airflow on a SQLite metadata DB, everything under ./var:
     down      stops what `up` started
     status    what is running
 
-Settings: the variables of .env.embedded (same names as the cluster's ConfigMaps).
+Settings: the variables of .env.embedded (same names as the cluster's ConfigMaps). Credentials
+(MLflow's users, the API's keys, the UI's login) are drawn on the first run into
+STATE/credentials.env (mode 0600) and kept: each service gets only the ones it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -35,16 +39,73 @@ RUN = VAR / "run"
 LOGS = VAR / "log"
 BIN = Path(sys.executable).parent
 ENV_FILE = ROOT / ".env.embedded"
+CREDENTIALS = VAR / "credentials.env"
 
 SERVICES = {
     # name: (command, health URL path, port variable)
     "mlflow": ([str(BIN / "readmit-tracking"), "serve"], "/health", "MLFLOW_PORT"),
     "api": ([str(BIN / "uvicorn"), "readmit_serving.api.main:app", "--host", "{API_HOST}", "--port", "{API_PORT}",
-             "--no-access-log"], "/health", "API_PORT"),
+             "--no-access-log", "--no-server-header"], "/health", "API_PORT"),
     "ui": ([str(BIN / "streamlit"), "run", str(ROOT / "server3-serving" / "ui" / "app.py"), "--server.port",
             "{UI_PORT}", "--server.address", "{API_HOST}", "--server.headless", "true",
-            "--browser.gatherUsageStats", "false"], "/_stcore/health", "UI_PORT"),
+            "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none"], "/_stcore/health", "UI_PORT"),
 }
+
+# The credentials drawn on the first run: name -> fixed value (user names) or None (a random secret).
+CREDENTIAL_NAMES: dict[str, str | None] = {
+    "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+    "MLFLOW_AUTH_ADMIN_PASSWORD": None,
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": None,
+    "MLFLOW_AUTH_TRAINING_USERNAME": "training",
+    "MLFLOW_AUTH_TRAINING_PASSWORD": None,
+    "MLFLOW_AUTH_READER_USERNAME": "reader",
+    "MLFLOW_AUTH_READER_PASSWORD": None,
+    "API_KEY_UI": None,
+    "API_KEY_HOSPITAL": None,
+    "UI_USERNAME": "clinician",
+    "UI_PASSWORD": None,
+}
+
+
+def credentials() -> dict[str, str]:
+    """STATE/credentials.env: read, completed with values for names it lacks (drawn once), kept 0600."""
+    values: dict[str, str] = {}
+    if CREDENTIALS.exists():
+        for line in CREDENTIALS.read_text().splitlines():
+            if line.strip() and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                values[key.strip()] = value.strip()
+    missing = {k: v for k, v in CREDENTIAL_NAMES.items() if not values.get(k)}
+    if missing or not CREDENTIALS.exists():
+        for key, fixed in missing.items():
+            values[key] = fixed or secrets.token_urlsafe(32)
+        CREDENTIALS.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(CREDENTIALS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("# Credentials of the embedded platform (`make up`), drawn on its first run. Keep private.\n"
+                      "# Streamlit UI: UI_USERNAME / UI_PASSWORD. MLflow: MLFLOW_AUTH_READER_* (read-only),\n"
+                      "# MLFLOW_AUTH_ADMIN_* (admin). The API: header X-API-Key: API_KEY_HOSPITAL.\n")
+            out.writelines(f"{key}={values[key]}\n" for key in sorted(values))
+    os.chmod(CREDENTIALS, 0o600)
+    return values
+
+
+def service_env(env: dict[str, str], name: str) -> dict[str, str]:
+    """The environment of one service: only the credentials it needs."""
+    creds = credentials()
+    out = {k: v for k, v in env.items() if k not in CREDENTIAL_NAMES}
+    if name == "mlflow":
+        out |= {k: creds[k] for k in CREDENTIAL_NAMES if k.startswith(("MLFLOW_AUTH_", "MLFLOW_FLASK_"))}
+    elif name == "training":  # Airflow's tasks: MLflow's training identity
+        out |= {"MLFLOW_TRACKING_USERNAME": creds["MLFLOW_AUTH_TRAINING_USERNAME"],
+                "MLFLOW_TRACKING_PASSWORD": creds["MLFLOW_AUTH_TRAINING_PASSWORD"]}
+    elif name == "api":
+        out |= {"MLFLOW_TRACKING_USERNAME": creds["MLFLOW_AUTH_READER_USERNAME"],
+                "MLFLOW_TRACKING_PASSWORD": creds["MLFLOW_AUTH_READER_PASSWORD"],
+                "API_KEYS": f"ui:{creds['API_KEY_UI']},hospital:{creds['API_KEY_HOSPITAL']}"}
+    elif name == "ui":
+        out |= {"UI_USERNAME": creds["UI_USERNAME"], "UI_PASSWORD": creds["UI_PASSWORD"], "API_KEY": creds["API_KEY_UI"]}
+    return out
 
 
 def step(message: str) -> None:
@@ -95,8 +156,8 @@ def start(name: str, env: dict[str, str]) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     argv = [part.format(**env) for part in command]
     with open(LOGS / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=ROOT, start_new_session=True)
+        process = subprocess.Popen(argv, env=service_env(env, name), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
     (RUN / f"{name}.pid").write_text(str(process.pid))
     wait_for(url, 180, name)
     print(f"{name}: started at {base_url(env, port_var)} (log: {LOGS / (name + '.log')})")
@@ -115,7 +176,8 @@ def dag_test(dag_id: str, env: dict[str, str]) -> None:
     """Run one DAG for real; Airflow's own log goes to var/log/airflow-DAG.log, the task prints to the screen."""
     started = time.perf_counter()
     log_path = LOGS / f"airflow-{dag_id}.log"
-    done = subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=env, cwd=ROOT, text=True,
+    done = subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=service_env(env, "training"), cwd=ROOT,
+                          text=True,
                           capture_output=True, stdin=subprocess.DEVNULL)
     log_path.write_text(done.stdout + done.stderr)
     shown = log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path
@@ -128,10 +190,14 @@ def dag_test(dag_id: str, env: dict[str, str]) -> None:
 
 
 def champion(env: dict[str, str]) -> dict | None:
+    creds = credentials()
+    user = f"{creds['MLFLOW_AUTH_READER_USERNAME']}:{creds['MLFLOW_AUTH_READER_PASSWORD']}"
+    request = urllib.request.Request(
+        f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/alias?"
+        f"name={env['MODEL_NAME']}&alias={env['MODEL_ALIAS']}",
+        headers={"Authorization": "Basic " + base64.b64encode(user.encode()).decode()})
     try:
-        with urllib.request.urlopen(  # noqa: S310 - our own MLflow on loopback
-            f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/alias?"
-            f"name={env['MODEL_NAME']}&alias={env['MODEL_ALIAS']}", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - our own MLflow on loopback
             return json.load(response)["model_version"]
     except (urllib.error.URLError, OSError, KeyError):
         return None
@@ -143,6 +209,7 @@ def up(source: str) -> None:
     env["DATA_SOURCE"] = source
     for folder in (VAR, LOGS, RUN, Path(env["AIRFLOW_HOME"])):
         folder.mkdir(parents=True, exist_ok=True)
+    credentials()
 
     step("1/5 MLflow tracking server (SQLite backend, local artifacts)")
     start("mlflow", env)
@@ -167,7 +234,9 @@ def up(source: str) -> None:
 
     step("5/5 summary")
     print(after.strip())
-    with urllib.request.urlopen(base_url(env, "API_PORT") + "/model", timeout=10) as response:  # noqa: S310
+    request = urllib.request.Request(base_url(env, "API_PORT") + "/model",
+                                     headers={"X-API-Key": credentials()["API_KEY_HOSPITAL"]})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own API on loopback
         model = json.load(response)
     metrics = model["metrics"]
     print(f"champion: {model['model_name']} v{model['model_version']} (run {model['run_id']})")
@@ -180,6 +249,10 @@ def up(source: str) -> None:
     print(f"  API docs       {base_url(env, 'API_PORT')}/docs")
     print(f"  API metrics    {base_url(env, 'API_PORT')}/metrics")
     print(f"  MLflow         {base_url(env, 'MLFLOW_PORT')}")
+    shown = CREDENTIALS.relative_to(ROOT) if CREDENTIALS.is_relative_to(ROOT) else CREDENTIALS
+    print(f"\nCredentials (drawn on the first run, mode 0600): {shown}")
+    print("  Streamlit UI: UI_USERNAME / UI_PASSWORD; MLflow: MLFLOW_AUTH_READER_USERNAME / _PASSWORD (read-only);")
+    print("  API: header X-API-Key with API_KEY_HOSPITAL (e.g. in /docs, Authorize)")
     print(f"\nup in {time.perf_counter() - started:.0f} s; `make down` stops the services.")
 
 

@@ -135,3 +135,79 @@ def s3_client(endpoint: str):
 
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
                         aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+
+
+# -- an MLflow server with basic authentication (node 2 as in the cluster) --------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A user of the authenticated tracking server."""
+
+    username: str
+    password: str
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What an MLflow client reads its credentials from."""
+        return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
+
+
+def auth_environment(admin: Identity, training: Identity, reader: Identity, secret_key: str) -> dict[str, str]:
+    """The server-side authentication variables (interface names) for these identities."""
+    return {
+        "MLFLOW_AUTH_ADMIN_USERNAME": admin.username, "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key,
+        "MLFLOW_AUTH_TRAINING_USERNAME": training.username, "MLFLOW_AUTH_TRAINING_PASSWORD": training.password,
+        "MLFLOW_AUTH_READER_USERNAME": reader.username, "MLFLOW_AUTH_READER_PASSWORD": reader.password,
+        "MODEL_NAME": "diabetes-readmission", "MLFLOW_EXPERIMENT_NAME": "diabetes-readmission",
+    }
+
+
+def generated_identities() -> tuple[Identity, Identity, Identity, str]:
+    """Fresh admin, training and reader identities and a CSRF key, with random passwords."""
+    import secrets
+
+    suffix = uuid.uuid4().hex[:6]
+    return (Identity(f"admin-{suffix}", secrets.token_urlsafe(24)),
+            Identity(f"training-{suffix}", secrets.token_urlsafe(24)),
+            Identity(f"reader-{suffix}", secrets.token_urlsafe(24)),
+            secrets.token_urlsafe(48))
+
+
+@dataclass(frozen=True)
+class AuthTracking:
+    uri: str
+    backend_store_uri: str
+    artifacts_destination: str
+    s3_endpoint: str
+    root: Path
+    """the folder of the server's log (mlflow-PORT.log)"""
+    admin: Identity
+    training: Identity
+    reader: Identity
+    secret_key: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The server's authentication variables."""
+        return auth_environment(self.admin, self.training, self.reader, self.secret_key)
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"mlflow-{self.uri.rsplit(':', 1)[1]}.log"
+
+
+@pytest.fixture(scope="session")
+def auth_tracking(tmp_path_factory, mysql_databases):
+    """MLflow server with basic authentication, as in the cluster: MariaDB backend store (the auth
+    tables beside MLflow's), artifacts in an S3 bucket (moto), generated credentials."""
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    admin, training, reader, secret_key = generated_identities()
+    with moto_s3(root) as endpoint:
+        backend = mysql_databases.create("mlflow_auth")
+        artifacts = f"s3://{BUCKET}/artifacts"
+        env = auth_environment(admin, training, reader, secret_key)
+        # TMPDIR: the auth app's config file lands in the test's folder, not in /tmp
+        with mlflow_server(root, backend, artifacts, s3_endpoint=endpoint, auth=env | {"TMPDIR": str(root)}) as uri:
+            yield AuthTracking(uri, backend, artifacts, endpoint, root, admin, training, reader, secret_key)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from locust import LoadTestShape
 
@@ -27,7 +27,7 @@ class CapacitySearchShape(LoadTestShape):
     """The load shape; the locustfile makes a concrete subclass when CAPACITY_SEARCH=1."""
 
     abstract = True
-    settings: LoadTestSettings = LoadTestSettings()
+    settings: ClassVar[LoadTestSettings]  # set by the concrete subclass (the settings need API_KEY)
 
     def __init__(self) -> None:
         super().__init__()

@@ -6,8 +6,15 @@ matter to them:
 
 * ``kustomize`` runs the real kubectl ($FAKE_KUBE_REAL);
 * ``get`` namespace | secret NAME | secrets | nodes | pods (-l, --field-selector phase, -o json or
-  jsonpath of names) | several kinds (``configmaps,services,...`` -l SELECTOR -o json) | ``--raw``
-  of a pod proxy's /health;
+  jsonpath of names) | several kinds (``configmaps,services,...`` -l SELECTOR -o json);
+* ``get --raw`` of the API server's proxy to a pod (``/api/v1/namespaces/NS/pods/POD:PORT/proxy/PATH``)
+  or to a Service (``.../services/NAME:PORT/proxy/PATH``), as the API server answers them: an unknown
+  pod, Service or port is an error; a Service routes only to Ready pods ("no endpoints available"
+  otherwise); PATH /health answers ``{"status": "ok"}``, /ready the API's readiness. The API's pods
+  (label app.kubernetes.io/name=api) are Ready once a champion exists (``champion`` in the state:
+  set by ``airflow dags trigger preprocess_incremental``, whose training registers version 1, or
+  seeded by a test); until then their /ready answers 503, which ``kubectl get --raw`` reports as
+  an error (exit 1). Other pods are Ready at once;
 * ``apply``/``diff`` ``--server-side -f -`` (an object matches when it equals the last one applied),
   ``--dry-run=server``, ``--prune -l SELECTOR --prune-allowlist=GVK...`` (deletes the labelled
   objects of those kinds that the input does not declare); a StatefulSet whose selector,
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +44,12 @@ KINDS = {  # resource name (as the roles write it, before any ".group") -> kind
     "networkpolicies": "NetworkPolicy", "ingresses": "Ingress", "roles": "Role", "rolebindings": "RoleBinding",
     "secrets": "Secret", "persistentvolumeclaims": "PersistentVolumeClaim",
 }
+PROXY = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/(?P<resource>pods|services)/(?P<name>[^/:]+)"
+                   r"(?::(?P<port>[^/]+))?/proxy(?P<path>/.*)$")
+API_POD_LABEL = ("app.kubernetes.io/name", "api")
+MODEL_NAME = "diabetes-readmission"
+UNAVAILABLE = "Error from server (ServiceUnavailable): the server is currently unable to handle the request"
+NOT_FOUND = "Error from server (NotFound): the server could not find the requested resource"
 IMMUTABLE_STATEFULSET_FIELDS = ("selector", "serviceName", "volumeClaimTemplates")
 FORBIDDEN = ('The StatefulSet "{name}" is invalid: spec: Forbidden: updates to statefulset spec for fields other '
              "than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' "
@@ -103,6 +117,79 @@ def pods(state: dict, namespace: str | None) -> list[dict]:
     return found
 
 
+def champion(state: dict) -> str | None:
+    """The model version the API serves, once training registered a champion."""
+    return state.get("champion")
+
+
+def is_ready(state: dict, pod: dict) -> bool:
+    if pod["metadata"]["labels"].get(API_POD_LABEL[0]) == API_POD_LABEL[1]:
+        return champion(state) is not None
+    return True
+
+
+def readiness(state: dict) -> dict:
+    """The API's /ready body (readmit_serving.api.schemas.Readiness)."""
+    version = champion(state)
+    return {"ready": version is not None, "model_name": MODEL_NAME, "model_alias": "champion",
+            "model_version": version, "mlflow_reachable": True, "alias_version": version, "last_check": 0.0,
+            "last_error": None if version else "No version carries the alias champion yet."}
+
+
+def container_ports(pod: dict) -> set[str]:
+    return {str(v) for c in (pod.get("spec") or {}).get("containers") or [] for p in c.get("ports") or []
+            for v in (p.get("name"), p.get("containerPort")) if v is not None}
+
+
+def raw_proxy(state: dict, path: str) -> tuple[int, str]:
+    """(exit code, stdout or stderr) of ``kubectl get --raw PATH`` through the API server's proxy."""
+    found = PROXY.match(path)
+    if found is None:
+        return 1, NOT_FOUND
+    namespace, name, port, sub = found["namespace"], found["name"], found["port"], found["path"]
+    if found["resource"] == "pods":
+        pod = next((p for p in pods(state, namespace) if p["metadata"]["name"] == name), None)
+        if pod is None:
+            return 1, f'Error from server (NotFound): pods "{name}" not found'
+        if port and container_ports(pod) and port not in container_ports(pod):
+            return 1, f'Error: error dialing backend: no port {port} on pod "{name}"'
+        ready = is_ready(state, pod)
+    else:
+        service = state["objects"].get(f"Service/{namespace}/{name}")
+        if service is None:
+            return 1, f'Error from server (NotFound): services "{name}" not found'
+        ports = {str(v) for p in service["spec"].get("ports") or [] for v in (p.get("name"), p.get("port")) if v}
+        selector = service["spec"].get("selector") or {}
+        endpoints = [p for p in pods(state, namespace)
+                     if all(p["metadata"]["labels"].get(k) == v for k, v in selector.items()) and is_ready(state, p)]
+        if (port and port not in ports) or not endpoints:
+            return 1, f'Error from server (ServiceUnavailable): no endpoints available for service "{name}:{port}"'
+        ready = True
+    if sub == "/health":
+        return 0, json.dumps({"status": "ok"})
+    if sub == "/ready":
+        return (0, json.dumps(readiness(state))) if ready else (1, UNAVAILABLE)
+    return 1, NOT_FOUND
+
+
+def in_pod_probe(state: dict, namespace: str, target: str, port: str, path: str) -> tuple[int, str]:
+    """``kubectl exec POD|deployment/NAME -- python -c PROBE PORT PATH``: the roles' in-pod GET of the API's
+    /health or /ready (through the kubelet, not the pod network). A Deployment means its first pod, Ready
+    or not, as kubectl picks one; the answer is the pod's own, like the pod proxy's."""
+    if target.startswith("deployment/"):
+        deployment = state["objects"].get(f"Deployment/{namespace}/{target.split('/', 1)[1]}")
+        selector = ((deployment or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+        matching = [p for p in pods(state, namespace)
+                    if deployment and all(p["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+        if not matching:
+            return 1, f'Error from server (NotFound): deployments.apps "{target}" has no pods'
+        target = matching[0]["metadata"]["name"]
+    rc, text = raw_proxy(state, f"/api/v1/namespaces/{namespace}/pods/{target}:{port}/proxy{path}")
+    if rc != 0 and "ServiceUnavailable" in text:  # the probe prints the 503's body and exits 1
+        return 1, json.dumps(readiness(state))
+    return rc, text
+
+
 def refuse_immutable(state: dict, doc: dict, namespace: str | None) -> str | None:
     old = state["objects"].get(key(doc, namespace))
     if doc.get("kind") != "StatefulSet" or old is None:
@@ -132,7 +219,8 @@ def main(argv: list[str]) -> int:
         field_selector = pop_option(args, "--field-selector")
         ignore_not_found = "--ignore-not-found" in args
         if command == "get" and args[1] == "--raw":
-            print(json.dumps({"status": "ok"}) if args[2].endswith("/proxy/health") else "{}")
+            rc, text = raw_proxy(state, args[2])
+            print(text, file=sys.stdout if rc == 0 else sys.stderr)
         elif command == "get" and args[1] == "namespace":
             if args[2] in state["namespaces"]:
                 print(f"namespace/{args[2]}")
@@ -206,9 +294,14 @@ def main(argv: list[str]) -> int:
             state["stdin"].append({"argv": argv, "stdin": stdin})
             if rest[:3] == ["airflow", "dags", "trigger"]:
                 state.setdefault("triggered", []).append(rest[3])
+                if rest[3] == "preprocess_incremental":  # its asset runs train_and_register: version 1
+                    state["champion"] = state.get("champion") or "1"
                 print(f"Created <DagRun {rest[3]} @ now: manual>")
             elif rest[:2] == ["readmit-data", "load"]:
                 print("batch 0 (validation): 1000 rows loaded")
+            elif rest[:2] == ["python", "-c"] and len(rest) == 5 and rest[4] in ("/health", "/ready"):
+                rc, text = in_pod_probe(state, namespace or "default", args[1], rest[3], rest[4])
+                print(text, file=sys.stdout if rc == 0 else sys.stderr)
         elif command in ("cp", "rollout", "wait"):
             print("ok")
         else:

@@ -25,7 +25,9 @@ It behaves like MicroK8s 1.32 where the roles depend on it, failure modes includ
   MicroK8s fails then. ``status --wait-ready`` succeeds (it waits), but the restarts on the other
   nodes keep the API server flapping for those calls.
 * ``enable registry`` accepts ``--size 40Gi`` and the deprecated ``registry:size=40Gi`` (with
-  MicroK8s' deprecation warning), and checks the size as MicroK8s does.
+  MicroK8s' deprecation warning), and checks the size as MicroK8s does. The other add-ons
+  (``ingress`` included: its controller listens on 80/443 of every node, IngressClass ``public``)
+  take no arguments here.
 * ``snap install|refresh`` fail with snapd's "too early for operation, device not yet seeded or
   device model not acknowledged" until ``snap wait system seed.loaded`` ran on that host;
   ``snap refresh --channel`` of a node while another refreshed node is not Ready yet fails (two

@@ -177,6 +177,8 @@ NOT_A_VALUE = re.compile(r"(_FILE|_PATH|_DIR|_FILES)$", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^@\s/]+)@", re.IGNORECASE)
 K8S_REFERENCE = re.compile(r"^\$\([A-Za-z_][A-Za-z0-9_]*\)$")
 SHELL_REFERENCE = re.compile(r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$")
+NAMED_REFERENCES = re.compile(r"^[a-z0-9_-]{1,32}:\$\([A-Za-z_][A-Za-z0-9_]*\)(,[a-z0-9_-]{1,32}:\$\([A-Za-z_][A-Za-z0-9_]*\))*$")
+"""A list of name:$(VAR) pairs (the API's keys: each value a reference to a Secret)."""
 PASSWORD_FLAG = re.compile(r"^(--password=|-p)(.+)$")
 SQL_IDENTIFIED_BY = re.compile(r"IDENTIFIED\s+(?:WITH\s+\S+\s+)?BY\s+'([^']*)'", re.IGNORECASE)
 KEY_VALUE_LINE = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*[:=]\s*(.*?)\s*$")
@@ -188,7 +190,7 @@ def is_sensitive_name(name: str) -> bool:
 
 def is_reference(value: str) -> bool:
     value = value.strip().strip("'\"")
-    return bool(K8S_REFERENCE.match(value) or SHELL_REFERENCE.match(value))
+    return bool(K8S_REFERENCE.match(value) or SHELL_REFERENCE.match(value) or NAMED_REFERENCES.match(value))
 
 
 def plaintext_in_text(text: str) -> list[str]:
@@ -247,7 +249,8 @@ def check_no_plaintext_secrets(objs: Iterable[Obj]) -> list[str]:
 
 
 def secret_references(objs: Iterable[Obj]) -> Iterator[tuple[str, str, str | None]]:
-    """(where, Secret name, key or None) for every use of a Secret by a pod template."""
+    """(where, Secret name, key or None) for every use of a Secret by a pod template or an Ingress."""
+    objs = list(objs)
     for pod in pod_templates(objs):
         for container in pod.all_containers:
             where = f"{pod.where} container {container.get('name')}"
@@ -266,6 +269,10 @@ def secret_references(objs: Iterable[Obj]) -> Iterator[tuple[str, str, str | Non
                     yield f"{pod.where} volume {volume.get('name')}", source["secret"].get("name"), None
         for pull in pod.spec.get("imagePullSecrets") or []:
             yield f"{pod.where} imagePullSecrets", pull.get("name"), None
+    for ingress in of_kind(objs, "Ingress"):
+        for tls in (ingress.get("spec") or {}).get("tls") or []:
+            if tls.get("secretName"):
+                yield f"{name_of(ingress)} tls", tls["secretName"], None
 
 
 def check_secret_refs(objs: Iterable[Obj], created: Mapping[str, Iterable[str]]) -> list[str]:
@@ -549,3 +556,139 @@ def check_service_addresses(objs: Iterable[Obj], services: Iterable[Obj], namesp
         elif port not in ports[service]:
             problems.append(f"{where}: Service {service} has no port {port}")
     return problems
+
+
+# -- exposure and credentials (issue: secure by default) ---------------------------------------------
+
+def node_ports(objs: Iterable[Obj]) -> dict[str, list[int]]:
+    """Service name -> the node ports it opens on every node (type NodePort or LoadBalancer)."""
+    out: dict[str, list[int]] = {}
+    for service in of_kind(objs, "Service"):
+        if service["spec"].get("type") in ("NodePort", "LoadBalancer"):
+            out[service["metadata"]["name"]] = [p.get("nodePort", 0) for p in service["spec"].get("ports", [])]
+    return out
+
+
+def check_node_ports_documented(objs: Iterable[Obj], documented: Mapping[str, str]) -> list[str]:
+    """Every Service reachable on the nodes' own ports is one the README names, with its reason."""
+    return [f"Service/{name}: opens node ports {ports} but the README gives no reason for it"
+            for name, ports in node_ports(objs).items() if not (documented.get(name) or "").strip()]
+
+
+DANGEROUS_FLAGS = {
+    "--web.enable-lifecycle": "Prometheus' lifecycle API lets anyone who reaches it stop or reload it",
+    "--web.enable-admin-api": "Prometheus' admin API lets anyone who reaches it delete series",
+    "--web.enable-remote-write-receiver": "anyone who reaches Prometheus could write series",
+}
+
+
+def check_no_dangerous_flags(objs: Iterable[Obj]) -> list[str]:
+    problems = []
+    for pod in pod_templates(objs):
+        for container in pod.all_containers:
+            for arg in list(container.get("command") or []) + list(container.get("args") or []):
+                flag = str(arg).split("=", 1)[0]
+                if flag in DANGEROUS_FLAGS:
+                    problems.append(f"{pod.where} container {container.get('name')}: {flag} ({DANGEROUS_FLAGS[flag]})")
+    return problems
+
+
+def _env_value(container: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((e for e in container.get("env") or [] if e.get("name") == name), None)
+
+
+def _from_secret(container: dict[str, Any], name: str) -> bool:
+    env = _env_value(container, name)
+    return bool(env and (env.get("valueFrom") or {}).get("secretKeyRef"))
+
+
+def check_streamlit_hides_error_details(objs: Iterable[Obj]) -> list[str]:
+    """Every Streamlit server shows no exception text in the page (client.showErrorDetails none)."""
+    problems = []
+    for pod in pod_templates(objs):
+        for container in pod.all_containers:
+            argv = [str(a) for a in list(container.get("command") or []) + list(container.get("args") or [])]
+            if not any(a == "streamlit" or a.endswith("/streamlit") for a in argv[:1]) or "run" not in argv:
+                continue
+            flag = "--client.showErrorDetails=none" in argv
+            env = _env_value(container, "STREAMLIT_CLIENT_SHOW_ERROR_DETAILS")
+            if not flag and not (env and str(env.get("value", "")).lower() == "none"):
+                problems.append(f"{pod.where} container {container.get('name')}: Streamlit shows error details "
+                                "(set --client.showErrorDetails=none)")
+    return problems
+
+
+# What each component needs to ask for credentials: environment variables from Secrets, and flags.
+CREDENTIALS: dict[str, dict[str, Any]] = {
+    "mlflow": {"secret_env": ["MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                              "MLFLOW_AUTH_TRAINING_PASSWORD", "MLFLOW_AUTH_READER_PASSWORD"]},
+    "api": {"env": ["API_KEYS"], "secret_env": ["MLFLOW_TRACKING_PASSWORD"]},
+    "ui": {"secret_env": ["UI_USERNAME", "UI_PASSWORD", "API_KEY"]},
+    "locust": {"secret_env": ["LOCUST_USERNAME", "LOCUST_PASSWORD", "API_KEY"], "flags": ["--web-login"]},
+    "grafana": {"secret_env": ["GF_SECURITY_ADMIN_PASSWORD"]},
+    "jupyter": {"secret_env": ["JUPYTER_TOKEN", "MLFLOW_TRACKING_PASSWORD"]},
+    "airflow-scheduler": {"secret_env": ["MLFLOW_TRACKING_PASSWORD"]},
+    "minio": {"secret_env": ["MINIO_ROOT_PASSWORD"]},
+}
+
+
+def check_components_ask_for_credentials(objs: Iterable[Obj],
+                                         required: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """Each component's main container gets its credentials from Secrets and runs with its login flags."""
+    required = CREDENTIALS if required is None else required
+    problems, seen = [], set()
+    for pod in pod_templates(objs):
+        component = pod.labels.get("app.kubernetes.io/name")
+        if component not in required:
+            continue
+        seen.add(component)
+        need = required[component]
+        container = pod.containers[0]
+        argv = [str(a) for a in list(container.get("command") or []) + list(container.get("args") or [])]
+        for name in need.get("secret_env", []):
+            if not _from_secret(container, name):
+                problems.append(f"{pod.where}: {name} does not come from a Secret")
+        for name in need.get("env", []):
+            if _env_value(container, name) is None:
+                problems.append(f"{pod.where}: {name} is not set")
+        for flag in need.get("flags", []):
+            if flag not in argv:
+                problems.append(f"{pod.where}: runs without {flag}")
+    return problems
+
+
+def check_ingresses_use_tls(objs: Iterable[Obj], secret: str = "readmit-tls", ingress_class: str = "public") -> list[str]:
+    """Every Ingress serves each of its hosts over TLS (the platform's certificate) and redirects HTTP."""
+    problems = []
+    for ingress in of_kind(objs, "Ingress"):
+        where = name_of(ingress)
+        spec = ingress.get("spec") or {}
+        if spec.get("ingressClassName") != ingress_class:
+            problems.append(f"{where}: ingressClassName is not {ingress_class}")
+        tls_hosts = {h for t in spec.get("tls") or [] if t.get("secretName") == secret for h in t.get("hosts") or []}
+        for rule in spec.get("rules") or []:
+            if not rule.get("host"):
+                problems.append(f"{where}: a rule without a host")
+            elif rule["host"] not in tls_hosts:
+                problems.append(f"{where}: {rule['host']} is not served with Secret {secret}")
+        annotations = (ingress.get("metadata") or {}).get("annotations") or {}
+        if str(annotations.get("nginx.ingress.kubernetes.io/force-ssl-redirect", "")).lower() != "true":
+            problems.append(f"{where}: plain HTTP is not redirected to HTTPS")
+    return problems
+
+
+def readme_node_ports(readme: str) -> dict[str, str]:
+    """The README's table of NodePorts ("| Service | node port | why |" under a heading naming
+    NodePorts): Service name -> reason. An empty table means none is allowed."""
+    lines = readme.splitlines()
+    out: dict[str, str] = {}
+    inside = False
+    for line in lines:
+        if line.startswith("#"):
+            inside = "nodeport" in line.lower()
+            continue
+        if inside and line.startswith("|") and not set(line.replace("|", "").strip()) <= set("-: "):
+            cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
+            if len(cells) >= 3 and cells[0].lower() != "service":
+                out[cells[0]] = cells[2]
+    return out

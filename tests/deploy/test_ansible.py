@@ -37,6 +37,10 @@ from .conftest import (
 
 FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
 LABEL_GROUPS = ("data", "tracking", "serving")
+# A domain other than the manifests' readmit.internal: the tests see it reach every place it must.
+DOMAIN = "ward.example.org"
+# The secrets file's keys that are not drawn by the password lookups: the ingress' certificate.
+TLS_KEYS = {"tls_certificate", "tls_private_key"}
 
 
 def test_playbook_syntax_check(tmp_path):
@@ -194,26 +198,74 @@ def applied_secrets(state_file: Path) -> dict[str, dict[str, str]]:
             for k, obj in state["objects"].items() if k.startswith(f"Secret/{NAMESPACE}/")}
 
 
+def secret_types(state_file: Path) -> dict[str, str]:
+    state = json.loads(state_file.read_text())
+    return {k.split("/")[2]: obj.get("type") for k, obj in state["objects"].items()
+            if k.startswith(f"Secret/{NAMESPACE}/")}
+
+
+def make_certificate(folder: Path, domain: str) -> tuple[str, str]:
+    """A self-signed certificate for *.DOMAIN made with openssl (PEM certificate, PEM key); the
+    files stay in ``folder`` (crt.pem, key.pem)."""
+    openssl = tool("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN=*.{domain}",
+                    "-addext", f"subjectAltName=DNS:*.{domain}", "-keyout", str(folder / "key.pem"),
+                    "-out", str(folder / "crt.pem")], check=True, capture_output=True, timeout=60)
+    return (folder / "crt.pem").read_text(), (folder / "key.pem").read_text()
+
+
+def certificate_names(certificate: str, private_key: str) -> list[str]:
+    """The certificate's DNS names, once checked that ``private_key`` is its key."""
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(certificate.encode())
+    key = serialization.load_pem_private_key(private_key.encode(), password=None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers(), "the key is not the certificate's"
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+
+
+def secret_texts(values: dict[str, str]) -> list[str]:
+    """What must never show: every drawn value, and each line of the certificate's key."""
+    texts = [str(v) for k, v in values.items() if not k.endswith("_user") and len(str(v)) > 8]
+    key = values.get("tls_private_key", "")
+    return texts + [line for line in key.splitlines() if len(line) > 8 and "PRIVATE KEY" not in line]
+
+
 def test_secrets_are_generated_once_kept_private_and_applied_idempotently(tmp_path):
     pytest.importorskip("cryptography")
     from cryptography.fernet import Fernet
 
     env, state_file, secrets_file, extra = secrets_setup(tmp_path)
+    extra["readmit_domain"] = DOMAIN  # inventory.ini's readmit_domain
+    control_tmp = tmp_path / "control-tmp"  # where openssl writes the certificate's key on the control node
+    control_tmp.mkdir()
+    env["TMPDIR"] = str(control_tmp)
     first = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
     assert first.returncode == 0, first.stdout[-4000:]
     assert playbook_recap(first.stdout)["changed"] > 0
-    content = secrets_file.read_text()
+    content, cluster = secrets_file.read_text(), applied_secrets(state_file)
     second = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
     assert second.returncode == 0, second.stdout[-4000:]
     assert playbook_recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
     assert secrets_file.read_text() == content, "the secrets were generated again"
+    assert applied_secrets(state_file) == cluster, "a Secret changed on the second run (a new certificate?)"
+    assert not list(control_tmp.iterdir()), "the certificate's temporary folder was left behind"
 
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(secrets_file.parent.stat().st_mode) == 0o700
     values = yaml.safe_load(content)
-    assert set(values) == set(role_defaults("readmit_secrets")["readmit_secrets_generated"])
-    assert len(set(values.values())) == len(values)  # every value drawn separately
+    defaults = role_defaults("readmit_secrets")
+    assert set(values) == set(defaults["readmit_secrets_generated"]) | TLS_KEYS
+    drawn = {k: v for k, v in values.items() if not k.endswith("_user")}  # user names may repeat (admin)
+    assert len(set(drawn.values())) == len(drawn)  # every value drawn separately
+    assert all(values[k] == defaults[f"readmit_secrets_{k}"] for k in values if k.endswith("_user"))
     Fernet(values["airflow_fernet_key"].encode())
+    assert all(len(values[f"api_key_{caller}"]) >= 16 for caller in ("ui", "locust", "hospital"))
     for name in ("secrets.yml",):
         assert not list(REPO_ROOT.rglob(name)), "a secrets file landed in the repository"
 
@@ -226,9 +278,42 @@ def test_secrets_are_generated_once_kept_private_and_applied_idempotently(tmp_pa
     assert json.loads(applied["airflow-admin"]["passwords.json"]) == {"admin": values["airflow_admin_password"]}
     assert applied["object-store"] == {"access-key-id": values["minio_root_user"],
                                        "secret-access-key": values["minio_root_password"]}
+    # MLflow's users, the API's callers' keys, the logins in front of the UI and of Locust.
+    assert applied["mlflow-auth"] == {"admin-username": values["mlflow_admin_user"],
+                                      "admin-password": values["mlflow_admin_password"],
+                                      "flask-secret-key": values["mlflow_flask_secret_key"]}
+    for secret, prefix in (("mlflow-training", "mlflow_training"), ("mlflow-reader", "mlflow_reader"),
+                           ("ui-login", "ui"), ("locust-login", "locust")):
+        assert applied[secret] == {"username": values[f"{prefix}_user"], "password": values[f"{prefix}_password"]}
+    assert applied["api-keys"] == {caller: values[f"api_key_{caller}"] for caller in ("ui", "locust", "hospital")}
+    # The ingress' certificate: a TLS Secret for *.DOMAIN, with its own key.
+    assert applied["readmit-tls"] == {"tls.crt": values["tls_certificate"], "tls.key": values["tls_private_key"]}
+    types = secret_types(state_file)
+    assert types.pop("readmit-tls") == "kubernetes.io/tls"
+    assert set(types.values()) == {"Opaque"}
+    assert sorted(certificate_names(values["tls_certificate"], values["tls_private_key"])) == sorted(
+        [f"*.{DOMAIN}", DOMAIN])
     # No secret went through a command line, nor into ansible's output.
-    assert not any(values["mysql_data_root_password"] in " ".join(call) for call in state["calls"])
-    assert not any(v in first.stdout + second.stdout for v in values.values() if len(v) > 8)
+    assert not any(text in " ".join(call) for call in state["calls"] for text in secret_texts(values))
+    assert not any(text in first.stdout + second.stdout for text in secret_texts(values))
+
+
+def test_the_hospitals_own_certificate_is_used_when_given(tmp_path):
+    """readmit_secrets_tls_certificate and _private_key (from a vault file) go into Secret
+    readmit-tls as given; a second run changes nothing; the key never shows."""
+    env, state_file, _, extra = secrets_setup(tmp_path)
+    certificate, key = make_certificate(tmp_path / "hospital", "hospital.example")
+    extra = {**extra, "readmit_secrets_tls_certificate": certificate, "readmit_secrets_tls_private_key": key}
+    first = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
+    assert first.returncode == 0, first.stdout[-4000:]
+    second = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert playbook_recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
+    assert applied_secrets(state_file)["readmit-tls"] == {"tls.crt": certificate, "tls.key": key}
+    assert secret_types(state_file)["readmit-tls"] == "kubernetes.io/tls"
+    assert certificate_names(certificate, key) == ["*.hospital.example"]
+    key_lines = [line for line in key.splitlines() if "PRIVATE KEY" not in line]
+    assert not any(line in first.stdout + second.stdout for line in key_lines)
 
 
 def test_a_lost_secrets_file_is_read_back_from_the_cluster_never_redrawn(tmp_path):
@@ -373,6 +458,7 @@ def deploy_setup(tmp_path: Path, node_label_key: str, node_labels: dict[str, str
         "readmit_deploy_tools_dir": str(tmp_path / "tools"),
         "readmit_deploy_python": sys.executable,
         "readmit_deploy_image_tags": tags,
+        "readmit_domain": DOMAIN,  # inventory.ini's readmit_domain
     }
     return env, state_file, repo, tags, extra
 
@@ -410,9 +496,13 @@ def test_deploy_renders_with_the_built_tags_applies_once_and_recreates_changed_j
     assert not {i for i in images if i.startswith(registry()) and not i.endswith(tuple(tags.values()))}
     config_maps = {o["metadata"]["name"].rsplit("-", 1)[0]: o for o in objects if o["kind"] == "ConfigMap"}
     settings = config_maps["mlflow-settings"]
-    assert "192.0.2.12:30500" in settings["data"]["MLFLOW_NODE_HOSTS"].split(",")
+    assert settings["data"]["MLFLOW_PUBLIC_HOSTS"] == f"mlflow.{DOMAIN}"
     airflow = config_maps["airflow-config"]
-    assert airflow["data"]["AIRFLOW__API__BASE_URL"] == "http://192.0.2.11:30080"
+    assert airflow["data"]["AIRFLOW__API__BASE_URL"] == f"https://airflow.{DOMAIN}"
+    ingresses = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Ingress"}
+    listed = role_defaults("readmit_deploy")["readmit_deploy_ingresses"]
+    assert sorted(ingresses) == sorted(n for names in listed.values() for n in names)
+    assert all(o["spec"]["rules"][0]["host"] == f"{name}.{DOMAIN}" for name, o in ingresses.items())
     assert airflow["data"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-api:8080/execution/"
     dashboards_map = next(o for o in objects if o["kind"] == "ConfigMap"
                           and o["metadata"]["name"].startswith("grafana-dashboards-"))
@@ -498,29 +588,107 @@ def test_deploy_stops_before_applying_when_a_node_is_too_small(tmp_path, node_la
     assert not any(call[:1] == ["apply"] for call in state["calls"])
 
 
-def test_smoke_urls_cover_every_user_facing_service(all_objects):
-    """The printed table lists Airflow, JupyterLab, MLflow, MinIO console, API docs, Streamlit,
-    Prometheus, Grafana and Locust at NodePorts their Services declare; the smoke checks hit
-    API /ready, MLflow and Airflow health."""
-    defaults = role_defaults("readmit_smoke")
-    node_ports = {p["nodePort"]: s["metadata"]["name"] for s in policies.of_kind(all_objects, "Service")
-                  for p in s["spec"]["ports"] if "nodePort" in p}
-    services = {u["service"] for u in defaults["readmit_smoke_urls"]}
-    assert services == {"Airflow", "JupyterLab", "MLflow", "MinIO console", "API docs", "Streamlit", "Prometheus",
-                        "Grafana", "Locust"}
-    for entry in defaults["readmit_smoke_urls"] + defaults["readmit_smoke_checks"]:
-        assert entry["port"] in node_ports, entry
-    folder_of_service = {o["metadata"]["name"]: o["metadata"]["labels"]["readmit.io/server"]
-                         for o in policies.of_kind(all_objects, "Service")}
-    group_of_folder = {s.folder: s.group for s in deploy_servers()}
-    for entry in defaults["readmit_smoke_urls"] + defaults["readmit_smoke_checks"]:
-        assert group_of_folder[folder_of_service[node_ports[entry["port"]]]] == entry["group"], entry
-    paths = {c["path"] for c in defaults["readmit_smoke_checks"]}
-    assert {"/health", "/api/v2/monitor/health"} <= paths
-    # The API is not checked through its Service (no Ready pod before a champion exists).
-    api = defaults["readmit_smoke_api"]
-    assert node_ports[api["node_port"]] == "api" and api["node_port"] not in {c["port"] for c in
-                                                                               defaults["readmit_smoke_checks"]}
+RENDER_ONLY = role_playbook("readmit_deploy", "render.yml") + """
+    - name: Save the rendered objects
+      ansible.builtin.copy:
+        content: "{{ readmit_deploy_objects | to_json }}"
+        dest: "{{ out_file }}"
+        mode: "0644"
+"""
+
+
+def test_the_overlay_gives_each_ingress_the_clusters_domain(tmp_path, node_label_key, node_labels, all_objects):
+    """The overlay the role writes (kustomization.yaml.j2) sets every Ingress host, in its rule and
+    its TLS entry, to NAME.DOMAIN with inventory.ini's readmit_domain; nothing else of them changes."""
+    env, _, _, _, extra = deploy_setup(tmp_path, node_label_key, node_labels)
+    out = tmp_path / "objects.json"
+    result = run_playbook(tmp_path, RENDER_ONLY, {**extra, "out_file": str(out)}, env=env)
+    assert result.returncode == 0, result.stdout[-5000:]
+    objects = json.loads(out.read_text())
+    ingresses = {o["metadata"]["name"]: o for o in policies.of_kind(objects, "Ingress")}
+    listed = role_defaults("readmit_deploy")["readmit_deploy_ingresses"]
+    assert sorted(ingresses) == sorted(n for names in listed.values() for n in names)
+    committed = {i["metadata"]["name"]: i for i in policies.of_kind(all_objects, "Ingress")}
+    for name, ingress in ingresses.items():
+        host = f"{name}.{DOMAIN}"
+        assert [rule["host"] for rule in ingress["spec"]["rules"]] == [host], name
+        assert [entry["hosts"] for entry in ingress["spec"]["tls"]] == [[host]], name
+        assert all(entry["secretName"] == "readmit-tls" for entry in ingress["spec"]["tls"]), name
+        assert ingress["spec"]["rules"][0]["http"] == committed[name]["spec"]["rules"][0]["http"], name
+
+
+def ingress_backend(ingresses: list[dict], host: str, path: str) -> dict | None:
+    """The Service backend ({name, port}) an ingress controller sends ``host`` + ``path`` to, by
+    the Ingresses' rules (Exact first, then the longest Prefix, element-wise), or None (404)."""
+    path = path.split("?", 1)[0]
+    best: tuple[int, dict] | None = None
+    for ingress in ingresses:
+        for rule in ingress["spec"].get("rules") or []:
+            if rule.get("host") != host:
+                continue
+            for entry in rule["http"]["paths"]:
+                prefix = entry["path"].rstrip("/")
+                if entry["pathType"] == "Exact" and path == entry["path"]:
+                    return entry["backend"]["service"]
+                if entry["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/")):
+                    if best is None or len(prefix) > best[0]:
+                        best = (len(prefix), entry["backend"]["service"])
+    return best[1] if best else None
+
+
+def test_smoke_urls_and_checks_cover_every_ingress_host(rendered, all_objects):
+    """Every page behind the ingress (an Ingress host) is in the printed table and has a check; each
+    check asks for a path the Ingress routes to a Service that exists (or expects the ingress'
+    404 where nothing may be exposed); every page but the Streamlit UI (whose login is in the page)
+    has a check that an anonymous request is refused. readmit_deploy_ingresses lists each folder's
+    Ingresses (the overlay patches those)."""
+    smoke, deploy = role_defaults("readmit_smoke"), role_defaults("readmit_deploy")
+    ingresses = policies.of_kind(all_objects, "Ingress")
+    per_folder = {folder: sorted(o["metadata"]["name"] for o in policies.of_kind(r.objects, "Ingress"))
+                  for folder, r in rendered.items()}
+    assert {folder: sorted(names) for folder, names in deploy["readmit_deploy_ingresses"].items()} == {
+        folder: names for folder, names in per_folder.items() if names}
+    hosts = {}
+    for ingress in ingresses:
+        name = ingress["metadata"]["name"]
+        assert [rule["host"] for rule in ingress["spec"]["rules"]] == [f"{name}.readmit.internal"]
+        assert ingress["spec"]["tls"] == [{"hosts": [f"{name}.readmit.internal"], "secretName": "readmit-tls"}]
+        hosts[name] = f"{name}.readmit.internal"
+
+    assert {u["host"] for u in smoke["readmit_smoke_urls"]} == set(hosts)
+    for url in smoke["readmit_smoke_urls"]:
+        assert ingress_backend(ingresses, hosts[url["host"]], url["path"]) is not None, url
+    checks = smoke["readmit_smoke_checks"]
+    assert set(hosts) <= {c["host"] for c in checks}
+    services = {s["metadata"]["name"]: s for s in policies.of_kind(all_objects, "Service")}
+    for check in checks:
+        backend = ingress_backend(ingresses, hosts.get(check["host"], ""), check["path"])
+        if check["status"] == [404]:
+            assert backend is None, f"{check['name']}: the ingress routes {check['host']}{check['path']}"
+            continue
+        assert backend is not None, f"{check['name']}: the ingress does not route {check['host']}{check['path']}"
+        assert backend["port"]["name"] in {p.get("name") for p in services[backend["name"]]["spec"]["ports"]}
+    # Alive: a 200 from the page (Locust's login redirect says as much; the API's liveness is read
+    # through the pod proxy below, /health being inside the cluster only).
+    alive = {c["host"] for c in checks if 200 in c["status"]}
+    refused = {c["host"] for c in checks if c["host"] in hosts and not {200, 404} & set(c["status"])}
+    assert alive >= set(hosts) - {"locust", "api"}, "a page without a liveness check"
+    assert refused >= set(hosts) - {"ui"}, "a page that holds data without an anonymous-refusal check"
+    assert any(c["host"] == "prometheus" and c["status"] == [404] for c in checks), "Prometheus must stay inside"
+    # No Service is reachable from outside the cluster but through the ingress.
+    assert all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in services.values())
+
+    # The API's liveness and readiness are asked inside its pods: the container and port exist.
+    api = next(o for o in policies.of_kind(all_objects, "Deployment") if o["metadata"]["name"] == "api")
+    ports = {p["containerPort"] for c in api["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+    assert smoke["readmit_smoke_api"]["port"] in ports
+    label, _, value = smoke["readmit_smoke_api"]["selector"].partition("=")
+    assert api["spec"]["template"]["metadata"]["labels"].get(label) == value
+    containers = {c["name"] for c in api["spec"]["template"]["spec"]["containers"]}
+    assert smoke["readmit_smoke_api"]["container"] in containers
+    bootstrap = role_defaults("readmit_bootstrap")["readmit_bootstrap_api"]
+    assert bootstrap["deployment"] == "api" and bootstrap["container"] in containers and bootstrap["port"] in ports
+    assert bootstrap["host"] in hosts
 
 
 def test_no_machine_paths_in_committed_files():
@@ -543,75 +711,145 @@ def _no_home_pollution(monkeypatch, tmp_path):
 
 # -- the end of the play: smoke checks and the opt-in bootstrap ----------------------------------------
 
-LOCAL_INVENTORY = """
+# Three nodes on this machine; the play runs on the leader, as site.yml's last play does.
+LOCAL_INVENTORY = f"""
 [data]
-node1 ansible_host=127.0.0.1
+node1 ansible_host=127.0.0.1 ansible_connection=local
 [tracking]
-node2 ansible_host=127.0.0.1
+node2 ansible_host=127.0.0.1 ansible_connection=local
 [serving]
-node3 ansible_host=127.0.0.1
+node3 ansible_host=127.0.0.1 ansible_connection=local
 [cluster_leader]
 node1
 [microk8s:children]
 data
 tracking
 serving
+[microk8s:vars]
+readmit_domain={DOMAIN}
 """
+# The hospital's key, as readmit_secrets settled it earlier in the play (readmit_secrets_values).
+HOSPITAL_KEY = "hospital0key0for0the0stand0in0ingress0tests"
+ANONYMOUS_REFUSED = {  # what each page answers an anonymous request, path prefix -> status (else the last)
+    "mlflow": [("/health", 200), ("", 401)],  # MLflow's basic-auth app
+    "airflow-api": [("/api/v2/monitor/health", 200), ("/api/", 401), ("", 200)],  # the API wants a token
+    "jupyter": [("/api/", 403), ("/api", 200), ("", 302)],  # token; /api is its version
+    "ui": [("", 200)],  # Streamlit: the login form is in the page
+    "grafana": [("/api/health", 200), ("/api/", 401), ("", 302)],
+    "locust": [("/login", 200), ("", 302)],  # --web-login
+}
 
 
-class StandIn:
-    """What the leader sees at the NodePorts, without a cluster: every service's liveness on one port,
-    and the API at another whose /ready turns 200 once the fake cluster ran `airflow dags trigger`
-    (the champion then exists). Stands in for services that cannot run here; the real API's
-    behaviour is tested in tests/serving and across hosts in tests/e2e."""
+class StandInIngress:
+    """MicroK8s' ingress on a node, without a cluster: HTTPS on one port (a self-signed certificate
+    made here with openssl) that routes by Host header and path with the rendered Ingresses' rules
+    (hosts NAME.DOMAIN) to a stand-in per Service, 404 for anything the Ingresses do not route; and
+    plain HTTP on another port that redirects to HTTPS (308), as the controller does for a host with
+    TLS. The stand-ins answer as the real pages do without credentials (ANONYMOUS_REFUSED); the
+    API's /predict and /model want ``api_key`` (X-API-Key or a Bearer token), and /predict answers
+    once the fake cluster holds a champion. ``open_pages`` are Services that answer 200 to anyone (a
+    page left open); ``redirect=False`` serves the pages over plain HTTP too. Every request is kept
+    in ``seen``. Stands in for services that cannot run here: the real API's behaviour is tested in
+    tests/serving, the real ingress across hosts in tests/e2e."""
 
-    def __init__(self, state_file: Path, api: bool = True) -> None:
+    def __init__(self, tmp_path: Path, state_file: Path, ingresses: list[dict], api_key: str = HOSPITAL_KEY,
+                 open_pages: frozenset[str] = frozenset(), redirect: bool = True) -> None:
         import http.server
+        import ssl
         import threading
 
-        state = state_file
+        self.seen: list[dict] = []
+        routes = [self._on_domain(i) for i in ingresses]
+        seen, state = self.seen, state_file
+
+        def answer(service: str, method: str, path: str, headers, body: bytes) -> tuple[int, dict, dict]:
+            if service in open_pages:
+                return 200, {"anonymous": True}, {}
+            if service == "api":
+                return api(method, path, headers, body)
+            status = next(s for prefix, s in ANONYMOUS_REFUSED[service] if path.startswith(prefix))
+            return status, {}, ({"Location": "/login"} if status == 302 else {})
+
+        def api(method: str, path: str, headers, body: bytes) -> tuple[int, dict, dict]:
+            if path.startswith(("/docs", "/openapi.json")):
+                return 200, {"openapi": "3.1.0"}, {}
+            bearer = (headers.get("Authorization") or "").removeprefix("Bearer ")
+            if api_key not in (headers.get("X-API-Key"), bearer):
+                return 401, {"detail": "A valid API key is required."}, {"WWW-Authenticate": "Bearer"}
+            version = json.loads(state.read_text()).get("champion")
+            if version is None:
+                return 503, {"detail": "No model is served yet."}, {}
+            if (method, path) == ("GET", "/model"):
+                return 200, {"model_name": "diabetes-readmission", "model_version": version}, {}
+            if (method, path) != ("POST", "/predict"):
+                return 405, {"detail": "Method Not Allowed"}, {}
+            from pydantic import ValidationError
+            from readmit_contract.encounter import Encounter
+
+            try:
+                Encounter.model_validate_json(body)
+            except ValidationError:
+                return 422, {"detail": "The encounter does not match the contract."}, {}
+            return 200, {"probability": 0.12, "risk_band": "medium", "scored": True, "reason": None,
+                         "model_name": "diabetes-readmission", "model_version": version}, {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def _send(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            scheme = "https"
 
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path == "/ready":
-                    trained = "preprocess_incremental" in json.loads(state.read_text()).get("triggered", [])
-                    self._send(200 if trained else 503, {"ready": trained, "model_version": "1" if trained else None})
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):  # the handshake in this request's thread
+                    self.request.do_handshake()
+                super().setup()
+
+            def _handle(self) -> None:
+                host = (self.headers.get("Host") or "").split(":")[0]
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen.append({"scheme": self.scheme, "method": self.command, "host": host, "path": self.path,
+                             "headers": {k.lower(): v for k, v in self.headers.items()}})
+                if self.scheme == "http" and redirect:
+                    status, data, extra = 308, {}, {"Location": f"https://{host}{self.path}"}
                 else:
-                    self._send(200, {"status": "ok"})
+                    backend = ingress_backend(routes, host, self.path)
+                    status, data, extra = ((404, {"detail": "default backend - 404"}, {}) if backend is None
+                                           else answer(backend["name"], self.command, self.path.split("?")[0],
+                                                       self.headers, body))
+                text = json.dumps(data).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", "Content-Length": str(len(text)),
+                                    **extra}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(text)
 
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                from readmit_contract.encounter import Encounter
-
-                Encounter.model_validate(body)
-                self._send(200, {"probability": 0.12, "risk_band": "medium", "scored": True, "reason": None,
-                                 "model_name": "diabetes-readmission", "model_version": "1"})
+            do_GET = do_POST = do_HEAD = _handle  # noqa: N815
 
             def log_message(self, *args) -> None:
                 pass
 
-        self.servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
-        if api:
-            self.servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+        class PlainHandler(Handler):
+            scheme = "http"
+
+        make_certificate(tmp_path / "ingress-tls", DOMAIN)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tmp_path / "ingress-tls" / "crt.pem", tmp_path / "ingress-tls" / "key.pem")
+        https = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        https.socket = context.wrap_socket(https.socket, server_side=True, do_handshake_on_connect=False)
+        plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PlainHandler)
+        self.servers = [https, plain]
         for server in self.servers:
             threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.health_port = self.servers[0].server_address[1]
-        if api:
-            self.api_port = self.servers[1].server_address[1]
-        else:  # nothing listens: a Service without Ready pods refuses connections
-            import socket
+        self.https_port, self.http_port = https.server_address[1], plain.server_address[1]
 
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                self.api_port = probe.getsockname()[1]
+    @staticmethod
+    def _on_domain(ingress: dict) -> dict:
+        """The Ingress as the overlay renders it: each host NAME.readmit.internal -> NAME.DOMAIN."""
+        ingress = json.loads(json.dumps(ingress))
+        for rule in ingress["spec"]["rules"]:
+            rule["host"] = rule["host"].split(".", 1)[0] + "." + DOMAIN
+        return ingress
+
+    def requests(self, scheme: str = "https") -> list[dict]:
+        return [r for r in self.seen if r["scheme"] == scheme]
 
     def close(self) -> None:
         for server in self.servers:
@@ -619,20 +857,20 @@ class StandIn:
             server.server_close()
 
 
-def end_of_play_vars(tmp_path: Path, command: str, stand_in: StandIn, data: str = "") -> dict:
-    api = {"group": "serving", "node_port": stand_in.api_port}
+def end_of_play_vars(tmp_path: Path, command: str, ingress: StandInIngress, data: str = "",
+                     api_key: str = HOSPITAL_KEY) -> dict:
+    """The roles' own checks and settings, pointed at the fake cluster and at the stand-in ingress."""
     return {
         "readmit_bootstrap_data": data,
         "readmit_bootstrap_kubectl": command,
         "readmit_bootstrap_remote_dir": str(tmp_path / "leader-data"),
-        "readmit_bootstrap_api": api,
+        "readmit_bootstrap_https_port": ingress.https_port,
         "readmit_bootstrap_poll": 1,
         "readmit_bootstrap_timeout": 60,
+        "readmit_secrets_values": {"api_key_hospital": api_key},
         "readmit_smoke_kubectl": command,
-        "readmit_smoke_checks": [{"name": "every service", "group": "data", "port": stand_in.health_port,
-                                  "path": "/health"}],
-        "readmit_smoke_api": {"selector": "app.kubernetes.io/name=api", "port": 8000, "group": "serving",
-                              "node_port": stand_in.api_port},
+        "readmit_smoke_https_port": ingress.https_port,
+        "readmit_smoke_http_port": ingress.http_port,
         "readmit_smoke_retries": 2,
         "readmit_smoke_delay": 1,
     }
@@ -640,8 +878,7 @@ def end_of_play_vars(tmp_path: Path, command: str, stand_in: StandIn, data: str 
 
 END_OF_PLAY = """
 - name: The end of site.yml's last play
-  hosts: localhost
-  connection: local
+  hosts: cluster_leader
   gather_facts: false
   roles:
     - role: readmit_bootstrap
@@ -650,61 +887,93 @@ END_OF_PLAY = """
 """
 
 
-def deployed_api(state_file: Path) -> None:
-    """The fake cluster after readmit_deploy: the API's Deployment (its pod runs, not Ready)."""
-    state = {"namespaces": [NAMESPACE], "calls": [], "stdin": [], "objects": {
-        f"Deployment/{NAMESPACE}/{name}": {
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"template": {"metadata": {"labels": {"app.kubernetes.io/name": name}}, "spec": {}}}}
-        for name in ("api", "jupyter", "airflow-scheduler")}}
+def deployed_platform(state_file: Path, all_objects: list[dict], champion: str | None = None) -> None:
+    """The fake cluster after readmit_deploy: the rendered Deployments of the API, JupyterLab and
+    Airflow's scheduler (their pods run; the API's turn Ready once a champion exists) and the API's
+    Service."""
+    wanted = {("Deployment", "api"), ("Deployment", "jupyter"), ("Deployment", "airflow-scheduler"), ("Service", "api")}
+    objects = {f"{o['kind']}/{NAMESPACE}/{o['metadata']['name']}": o for o in all_objects
+               if (o["kind"], o["metadata"]["name"]) in wanted}
+    assert len(objects) == len(wanted), sorted(objects)
+    state = {"namespaces": [NAMESPACE], "calls": [], "stdin": [], "objects": objects}
+    if champion:
+        state["champion"] = champion
     state_file.write_text(json.dumps(state))
 
 
-@pytest.mark.slow
-def test_a_fresh_platform_ends_green_with_the_api_waiting_for_a_model(tmp_path):
-    """No champion yet: the API's Service has no Ready pod, so its NodePort refuses connections. The
-    play checks the API's liveness through the pod proxy instead, and says it waits for a model."""
+def end_of_play(tmp_path: Path, all_objects: list[dict], champion: str | None = None, **ingress_options):
+    """(kubectl command, environment, state file, inventory, stand-in ingress) of a deployed platform."""
     command, env, state_file = fake_kube(tmp_path)
-    deployed_api(state_file)
+    deployed_platform(state_file, all_objects, champion)
     inventory = tmp_path / "inventory.ini"
     inventory.write_text(LOCAL_INVENTORY)
-    stand_in = StandIn(state_file, api=False)
+    ingress = StandInIngress(tmp_path, state_file, policies.of_kind(all_objects, "Ingress"), **ingress_options)
+    return command, env, state_file, inventory, ingress
+
+
+def api_probes(state_file: Path) -> list[tuple[str, str]]:
+    """(pod or deployment/NAME, path) of every in-pod GET of the API the roles ran (`kubectl exec ... --
+    python -c PROBE PORT PATH`: through the kubelet, which the NetworkPolicies do not close)."""
+    probes = []
+    for call in json.loads(state_file.read_text())["calls"]:
+        if "exec" in call and "--" in call:
+            rest = call[call.index("--") + 1:]
+            if rest[:2] == ["python", "-c"]:
+                assert rest[3] == "8000" and "127.0.0.1" in rest[2], call
+                probes.append((call[call.index("exec") + 1], rest[4]))
+    return probes
+
+
+@pytest.mark.slow
+def test_a_fresh_platform_ends_green_with_the_api_waiting_for_a_model(tmp_path, all_objects):
+    """No champion yet: every page answers through the ingress (over TLS, by host name, refusing
+    anonymous requests), plain HTTP redirects to HTTPS, the API's pod is alive but not Ready (its
+    /ready, asked inside the pod, answers 503), and the play says it waits for a model."""
+    command, env, state_file, inventory, ingress = end_of_play(tmp_path, all_objects)
     try:
-        result = run_playbook(tmp_path, END_OF_PLAY, end_of_play_vars(tmp_path, command, stand_in),
+        result = run_playbook(tmp_path, END_OF_PLAY, end_of_play_vars(tmp_path, command, ingress),
                               inventory=inventory, env=env)
     finally:
-        stand_in.close()
+        ingress.close()
     assert result.returncode == 0, result.stdout[-4000:]
     assert "waiting for a model" in result.stdout
     assert "readmit_bootstrap_data=synthetic" in result.stdout
-    calls = json.loads(state_file.read_text())["calls"]
-    assert any(c[:2] == ["get", "--raw"] and c[2].endswith("/pods/api-0:8000/proxy/health") for c in calls)
-    assert not any("exec" in c for c in calls), "nothing is loaded without the opt-in"
+    for url in role_defaults("readmit_smoke")["readmit_smoke_urls"]:
+        assert f"https://{url['host']}.{DOMAIN}{url['path']}" in result.stdout, url
+    checks = role_defaults("readmit_smoke")["readmit_smoke_checks"]
+    asked = {(r["host"], r["path"]) for r in ingress.requests("https")}
+    assert asked == {(f"{c['host']}.{DOMAIN}", c["path"]) for c in checks}
+    (plain,) = ingress.requests("http")
+    assert plain["host"] == f"ui.{DOMAIN}"
+    probes = api_probes(state_file)
+    assert ("api-0", "/health") in probes and ("api-0", "/ready") in probes
+    loads = [e for e in json.loads(state_file.read_text())["stdin"] if "python" not in e["argv"]]
+    assert not loads, "nothing is loaded without the opt-in"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("data", ["synthetic", "path"])
-def test_the_opt_in_bootstrap_loads_trains_and_predicts_through_the_node_port(tmp_path, data):
-    command, env, state_file = fake_kube(tmp_path)
-    deployed_api(state_file)
-    inventory = tmp_path / "inventory.ini"
-    inventory.write_text(LOCAL_INVENTORY)
+def test_the_opt_in_bootstrap_loads_trains_and_predicts_through_the_ingress(tmp_path, all_objects, data):
+    """The bootstrap loads, triggers training, waits for /ready (asked inside an API pod: 200 once it
+    serves a champion) and predicts as the hospital's systems do: https://api.DOMAIN with the
+    hospital's API key, which never shows in the output."""
+    command, env, state_file, inventory, ingress = end_of_play(tmp_path, all_objects)
     if data == "path":
         source = tmp_path / "control" / "diabetic_data.csv"
         source.parent.mkdir()
         source.write_text("encounter_id,patient_nbr\n")
         data = str(source)
-    stand_in = StandIn(state_file)
     try:
-        extra = end_of_play_vars(tmp_path, command, stand_in, data)
+        extra = end_of_play_vars(tmp_path, command, ingress, data)
         first = run_playbook(tmp_path, END_OF_PLAY, extra, inventory=inventory, env=env)
         assert first.returncode == 0, first.stdout[-4000:]
         state = json.loads(state_file.read_text())
         second = run_playbook(tmp_path, END_OF_PLAY, extra, inventory=inventory, env=env)
     finally:
-        stand_in.close()
+        ingress.close()
     assert "serving model version 1" in first.stdout and "predicted 0.120 (medium)" in first.stdout
-    execs = [e["argv"][e["argv"].index("--") + 1:] for e in state["stdin"]]
+    assert f"https://api.{DOMAIN}" in first.stdout
+    execs = [e["argv"][e["argv"].index("--") + 1:] for e in state["stdin"] if "python" not in e["argv"]]
     loader = "synthetic:20000" if data == "synthetic" else "/home/readmit/lab/.cache/readmit/diabetic_data.csv"
     assert execs == [["readmit-data", "load", "--source", loader, "--batch", "all", "--quiet"],
                      ["airflow", "dags", "trigger", "preprocess_incremental"]]
@@ -715,10 +984,59 @@ def test_the_opt_in_bootstrap_loads_trains_and_predicts_through_the_node_port(tm
         (copy,) = copies
         assert copy[copy.index("cp") + 2] == "jupyter-0:/home/readmit/lab/.cache/readmit/diabetic_data.csv"
         assert (tmp_path / "leader-data" / "diabetic_data.csv").read_text() == source.read_text()
+    assert api_probes(state_file).count(("deployment/api", "/ready")) >= 3, \
+        "asked before loading, waited after, asked on the second run"
+    # Both runs predicted through the ingress, with the hospital's key and the API's host name.
+    predictions = [r for r in ingress.requests("https") if r["path"] == "/predict"]
+    assert [(r["method"], r["host"], r["headers"].get("x-api-key")) for r in predictions] == [
+        ("POST", f"api.{DOMAIN}", HOSPITAL_KEY)] * 2
+    assert HOSPITAL_KEY not in first.stdout + second.stdout
     # A second run finds the champion: it only predicts.
     assert second.returncode == 0, second.stdout[-4000:]
-    assert playbook_recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
-    assert len(json.loads(state_file.read_text())["stdin"]) == len(execs)
+    assert playbook_recap(second.stdout, "node1")["changed"] == 0, second.stdout[-4000:]
+    assert len([e for e in json.loads(state_file.read_text())["stdin"] if "python" not in e["argv"]]) == len(execs)
+
+
+@pytest.mark.slow
+def test_the_bootstrap_stops_when_the_api_refuses_its_key(tmp_path, all_objects):
+    """A champion exists, but the API does not know the key the play sends (e.g. api-keys not
+    applied): the bootstrap stops with the API's answer, and the key it sent does not show."""
+    command, env, state_file, inventory, ingress = end_of_play(tmp_path, all_objects, champion="3",
+                                                               api_key="the0key0the0api0really0knows")
+    try:
+        result = run_playbook(tmp_path, END_OF_PLAY, end_of_play_vars(tmp_path, command, ingress, "synthetic"),
+                              inventory=inventory, env=env)
+    finally:
+        ingress.close()
+    assert result.returncode != 0
+    assert f"POST https://api.{DOMAIN}/predict answered 401" in result.stdout
+    assert HOSPITAL_KEY not in result.stdout
+    assert not json.loads(state_file.read_text())["stdin"], "a served champion needs no loading"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["grafana answers anonymous requests", "plain HTTP serves the pages"])
+def test_the_smoke_check_fails_when_a_page_is_open(tmp_path, all_objects, fault):
+    """The point of the check: a page that answers an anonymous request with 200 where credentials
+    are expected (Grafana with anonymous access on), or pages served over plain HTTP instead of
+    being redirected to HTTPS, fail the play and name the check."""
+    options = ({"open_pages": frozenset({"grafana"})} if fault.startswith("grafana") else {"redirect": False})
+    command, env, state_file, inventory, ingress = end_of_play(tmp_path, all_objects, champion="1", **options)
+    try:
+        result = run_playbook(tmp_path, END_OF_PLAY, end_of_play_vars(tmp_path, command, ingress),
+                              inventory=inventory, env=env)
+    finally:
+        ingress.close()
+    assert result.returncode != 0
+    assert playbook_recap(result.stdout, "node1")["failed"] == 1
+    if fault.startswith("grafana"):
+        assert "Grafana refuses anonymous requests" in result.stdout
+        assert "Status code was 200 and not [401]" in result.stdout
+        assert "Check that plain HTTP" not in result.stdout, "the play stops at the failed check"
+    else:
+        assert "TASK [readmit_smoke : Check that plain HTTP is sent to HTTPS" in result.stdout
+        assert "Status code was 200 and not [301, 302, 307, 308]" in result.stdout.split("Check that plain HTTP")[1]
+    assert "serving model version" not in result.stdout
 
 
 def test_the_bootstrap_predicts_the_contracts_example_encounter():

@@ -23,7 +23,7 @@ from .fake_microk8s import initial_state
 FAKE = Path(__file__).with_name("fake_microk8s.py")
 HOSTS = {"node1": "data", "node2": "tracking", "node3": "serving"}
 LEADER = "node1"
-ADDONS = ("rbac", "dns", "hostpath-storage", "registry", "metrics-server")
+ADDONS = ("rbac", "dns", "hostpath-storage", "registry", "metrics-server", "ingress")
 # No pauses between retries here: the fake answers at once.
 FAST = {
     "microk8s_cluster_join_retry_delay": 0,
@@ -206,6 +206,10 @@ def test_rbac_is_enabled_first_the_api_restart_is_survived_and_registry_uses_its
     enables = [c for c in calls if c["argv"][0] == "enable"]
     assert enables[0]["argv"] == ["enable", "rbac"]
     assert ["enable", "registry", "--size", "40Gi"] in [c["argv"] for c in enables]
+    # The ingress (the platform's pages over TLS on 443 of every node) comes after rbac, so its
+    # controller gets its RBAC objects; it succeeded once the API server answered again.
+    (ingress,) = [c for c in enables if c["argv"] == ["enable", "ingress"] and c["rc"] == 0]
+    assert calls.index(ingress) > calls.index(enables[0])
     rbac_at = calls.index(enables[0])
     after = calls[rbac_at + 1:]
     assert after[0]["argv"][:2] == ["status", "--wait-ready"], "waits for the API server right after rbac"
@@ -223,6 +227,7 @@ def test_addons_are_listed_by_name_with_the_current_registry_flags():
     assert [a["name"] for a in addons][0] == "rbac"
     assert {a["name"] for a in addons} == set(ADDONS)
     assert next(a for a in addons if a["name"] == "registry")["args"] == ["--size", "40Gi"]
+    assert not next(a for a in addons if a["name"] == "ingress").get("args"), "IngressClass public, as shipped"
 
 
 # -- the snap -------------------------------------------------------------------------------------------

@@ -452,3 +452,94 @@ def test_the_schema_check_catches_a_misspelt_field():
     container(objs)["livenesProbe"] = container(objs).pop("livenessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment(objs), kubernetes_version(), strict=True)
+
+
+# -- exposure and credentials ------------------------------------------------------------------------
+
+def node_port_service(name="web"):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"type": "NodePort", "selector": {"app.kubernetes.io/name": "web"},
+                     "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}]}}
+
+
+def test_a_node_port_the_readme_does_not_explain_fails():
+    objs = sound_objects() + [node_port_service()]
+    assert policies.check_node_ports_documented(objs, {})
+    assert policies.check_node_ports_documented(objs, {"web": ""})
+    assert policies.check_node_ports_documented(objs, {"web": "hospital systems without DNS"}) == []
+    assert policies.check_node_ports_documented(sound_objects(), {}) == []
+
+
+def test_the_readme_table_of_node_ports_is_read():
+    readme = """# Title
+
+## Ports on the nodes (NodePorts)
+
+| Service | node port | why |
+|---|---|---|
+| `web` | 30080 | hospital systems without DNS |
+
+## Next
+| other | x | y |
+"""
+    assert policies.readme_node_ports(readme) == {"web": "hospital systems without DNS"}
+
+
+@pytest.mark.parametrize("flag", ["--web.enable-lifecycle", "--web.enable-admin-api"])
+def test_a_lifecycle_or_admin_flag_fails(flag):
+    objs = sound_objects()
+    container(objs)["args"] = ["--config.file=/etc/prometheus/prometheus.yml", flag]
+    assert policies.check_no_dangerous_flags(objs)
+    assert policies.check_no_dangerous_flags(sound_objects()) == []
+
+
+def test_streamlit_with_error_details_fails():
+    objs = sound_objects()
+    container(objs)["command"] = ["streamlit", "run", "app.py", "--server.port=8501"]
+    assert policies.check_streamlit_hides_error_details(objs)
+    container(objs)["command"].append("--client.showErrorDetails=none")
+    assert policies.check_streamlit_hides_error_details(objs) == []
+    container(objs)["command"].pop()
+    container(objs)["env"].append({"name": "STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "value": "none"})
+    assert policies.check_streamlit_hides_error_details(objs) == []
+
+
+def test_a_component_without_its_credentials_fails():
+    objs = sound_objects()
+    required = {"web": {"secret_env": ["DB_PASSWORD"], "env": ["DB_URL"], "flags": ["--web-login"]}}
+    assert policies.check_components_ask_for_credentials(objs, required) == ["Deployment/web: runs without --web-login"]
+    container(objs)["command"].append("--web-login")
+    assert policies.check_components_ask_for_credentials(objs, required) == []
+    container(objs)["env"][0] = {"name": "DB_PASSWORD", "value": "$(OTHER)"}
+    assert policies.check_components_ask_for_credentials(objs, required) == [
+        "Deployment/web: DB_PASSWORD does not come from a Secret"]
+
+
+def ingress(**change):
+    obj = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+           "metadata": {"name": "web", "annotations": {"nginx.ingress.kubernetes.io/force-ssl-redirect": "true"}},
+           "spec": {"ingressClassName": "public", "tls": [{"hosts": ["web.example"], "secretName": "readmit-tls"}],
+                    "rules": [{"host": "web.example", "http": {"paths": [
+                        {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}}]}}]}}
+    for key, value in change.items():
+        if key == "annotations":
+            obj["metadata"]["annotations"] = value
+        else:
+            obj["spec"][key] = value
+    return obj
+
+
+@pytest.mark.parametrize("change", [{"tls": []}, {"tls": [{"hosts": ["web.example"], "secretName": "other"}]},
+                                    {"annotations": {}}, {"ingressClassName": "nginx"},
+                                    {"rules": [{"http": {"paths": []}}]}])
+def test_an_ingress_without_tls_or_redirect_fails(change):
+    assert policies.check_ingresses_use_tls([ingress()]) == []
+    assert policies.check_ingresses_use_tls([ingress(**change)])
+
+
+def test_a_list_of_named_secret_references_is_no_literal_secret():
+    objs = sound_objects()
+    container(objs)["env"].append({"name": "API_KEYS", "value": "ui:$(API_KEY_UI),hospital:$(API_KEY_HOSPITAL)"})
+    assert policies.check_no_plaintext_secrets(objs) == []
+    container(objs)["env"][-1]["value"] = "ui:$(API_KEY_UI),hospital:abcdefghijklmnopqrstuvwxyz"
+    assert policies.check_no_plaintext_secrets(objs)

@@ -270,8 +270,9 @@ class HostNetwork:
 
     # -- probes (probe.py inside a host) --------------------------------------------------------------------
 
-    def probe(self, host: Host, *args: str, timeout: float = 120) -> dict:
-        done = self.run(host, [PYTHON, str(HERE / "probe.py"), *args], {"PATH": os.defpath, "LANG": "C.UTF-8"},
+    def probe(self, host: Host, *args: str, timeout: float = 120, headers: Mapping[str, str] | None = None) -> dict:
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PROBE_HEADERS": json.dumps(dict(headers or {}))}
+        done = self.run(host, [PYTHON, str(HERE / "probe.py"), *args], env,
                         self.logs / f"{host.name}-probes.log", cwd=self.logs, timeout=timeout)
         if done.returncode != 0 or not done.stdout.strip():
             raise RuntimeError(f"probe {args} on {host.name} failed: {done.stderr[-2000:]}")
@@ -287,7 +288,8 @@ class HostNetwork:
                                f"{result['error']}\n{tail(log) if log else ''}")
 
     def http(self, host: Host, method: str, url: str, body: object = None, until_status: int | None = None,
-             until: Mapping[str, object] | None = None, timeout: float = 0) -> dict:
+             until: Mapping[str, object] | None = None, timeout: float = 0,
+             headers: Mapping[str, str] | None = None) -> dict:
         """One HTTP request from ``host`` (or repeated until the answer matches, within ``timeout`` s)."""
         args = ["http", method, url, "--timeout", str(timeout)]
         if body is not None:
@@ -296,4 +298,4 @@ class HostNetwork:
             args += ["--until-status", str(until_status)]
         for key, value in (until or {}).items():
             args += ["--until", f"{key}={json.dumps(value)}"]
-        return self.probe(host, *args, timeout=timeout + 60)
+        return self.probe(host, *args, timeout=timeout + 60, headers=headers)

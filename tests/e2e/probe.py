@@ -6,13 +6,16 @@
         one request, or repeated ones until the answer has that status and those top-level JSON fields
 
 Each prints one JSON object on stdout: {"ok", "status", "body", "error", "seconds", "attempts"}, the last
-answer seen, so the test's assertion shows what the host really got. No proxy is ever used.
+answer seen, so the test's assertion shows what the host really got. No proxy is ever used. Request
+headers (an API key, basic auth) come from the environment variable PROBE_HEADERS (a JSON object), never
+from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -38,8 +41,10 @@ def tcp(host: str, port: int, timeout: float) -> dict:
 def request(method: str, url: str, data: str | None) -> tuple[int | None, object, str | None]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     body = data.encode() if data is not None else None
-    req = urllib.request.Request(url, data=body, method=method,
-                                 headers={"Content-Type": "application/json"} if body is not None else {})
+    headers = json.loads(os.environ.get("PROBE_HEADERS") or "{}")
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with opener.open(req, timeout=15) as response:
             status, raw = response.status, response.read()

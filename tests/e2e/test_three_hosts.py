@@ -15,8 +15,10 @@ running them. Every server folder runs on the host of its inventory group (the f
 Each process gets exactly the environment and command line its container gets in the rendered
 manifests (``manifests.py``), with generated values for the Secrets; the only differences are listed
 right below: in-image paths (``image_paths``), the run parameters, and MariaDB standing in for MySQL.
-Then: the prediction from node 3 is the champion registered on node 2 by the DAG run on node 1; moving
-the alias reaches node 3; Prometheus on node 3 scraped the API and Locust; with node 2's MLflow stopped,
+Then: the prediction from node 3 is the champion registered on node 2 by the DAG run on node 1 (MLflow
+asks every host for a user: node 1 trains as the training identity, node 3 reads as the read-only one,
+which cannot move the alias; the API asks callers for a key); moving the alias reaches node 3; a version
+whose artifact was changed in node 2's store after training is refused and the previous one keeps serving; Prometheus on node 3 scraped the API and Locust; with node 2's MLflow stopped,
 node 3 still predicts. Everything is torn down, also on failure, and no namespace is left.
 """
 
@@ -410,6 +412,57 @@ with engine.connect() as db:
 print(json.dumps({"bucket": bucket, "keys": keys, "versions": versions}, default=str))
 """
 
+ALIAS_MOVE_REFUSED = """
+import json, os
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+client = MlflowClient()
+name, alias = os.environ["MODEL_NAME"], os.environ["MODEL_ALIAS"]
+champion = client.get_model_version_by_alias(name, alias)  # reading is allowed
+try:
+    client.set_registered_model_alias(name, alias, champion.version)
+    refused = None
+except MlflowException as exc:
+    refused = exc.error_code
+print(json.dumps({"champion": champion.version, "refused": refused}))
+"""
+
+REGISTER_AGAIN = """
+import json, os, mlflow
+from mlflow import MlflowClient
+from readmit_data.registry import record_artifact_digest
+from readmit_data.settings import DataSettings
+client = MlflowClient()
+name = os.environ["MODEL_NAME"]
+first = client.get_model_version(name, "1")
+version = mlflow.register_model(f"runs:/{first.run_id}/model", name)
+digest = record_artifact_digest(DataSettings(), version.version)  # what training records
+registered = client.get_model_version(name, version.version)
+print(json.dumps({"version": version.version, "digest": digest, "source": registered.source,
+                  "model_id": getattr(registered, "model_id", None), "run_id": first.run_id}))
+"""
+
+TAMPER = """
+import json, os, sys, boto3
+bucket = os.environ["MLFLOW_ARTIFACTS_DESTINATION"].removeprefix("s3://").split("/", 1)[0]
+s3 = boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
+model_key = os.environ["E2E_MODEL_KEY"]
+keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", []) if f"/{model_key}/" in o["Key"] and o["Key"].endswith("model.skops")]
+(key,) = keys
+body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+s3.put_object(Bucket=bucket, Key=key, Body=body + b"\0")  # one byte more: a file changed after training
+print(json.dumps({"key": key}))
+"""
+
+SET_ALIAS = """
+import json, os
+from mlflow import MlflowClient
+client = MlflowClient()
+client.set_registered_model_alias(os.environ["MODEL_NAME"], os.environ["MODEL_ALIAS"], os.environ["E2E_VERSION"])
+print(json.dumps({"alias": os.environ["E2E_VERSION"]}))
+"""
+
 MOVE_ALIAS = """
 import json, os, mlflow
 from mlflow import MlflowClient
@@ -454,7 +507,11 @@ def test_three_hosts(platform: Platform):
     p.net.start(h3, [*p.argv("server3-serving", locust, locust_env), *LOCUST_RUN], locust_env, p.log(h3, "locust"),
                 cwd=p.cwd(h3))
 
-    answer = p.net.http(h3, "POST", f"{api_url}/predict", example_encounter())
+    # the API asks for a key (the hospital's: what its systems send)
+    key = {"X-API-Key": p.secrets["api-keys"]["hospital"]}
+    refused = p.net.http(h3, "POST", f"{api_url}/predict", example_encounter())
+    assert refused["status"] == 401 and p.secrets["api-keys"]["hospital"] not in json.dumps(refused), refused
+    answer = p.net.http(h3, "POST", f"{api_url}/predict", example_encounter(), headers=key)
     assert answer["status"] == 200, answer
     served = answer["body"]["model_version"]
     assert answer["body"]["scored"] is True and 0 <= answer["body"]["probability"] <= 1
@@ -478,22 +535,51 @@ def test_three_hosts(platform: Platform):
     assert any(k.endswith("/MLmodel") for k in model_files), (model_key, stores["keys"][:50])
     assert any(k.endswith("model.skops") for k in model_files), model_files
 
+    # MLflow on node 2 asks every host for a user: anonymous requests are refused, and node 3's
+    # read-only identity (the API's) reads the champion but cannot move the alias
+    since = time.monotonic()
+    tracking_uri = p.env("server1-data", scheduler)["MLFLOW_TRACKING_URI"]
+    anonymous = p.net.http(h3, "GET", f"{tracking_uri}/api/2.0/mlflow/registered-models/search")
+    assert anonymous["status"] == 401, anonymous
+    api_container = m3.container(service="api")
+    reader = p.python("server3-serving", api_container, ALIAS_MOVE_REFUSED, API_PARAMETERS, label="reader-alias")
+    assert reader == {"champion": "1", "refused": "PERMISSION_DENIED"}, reader
+    p.step(f"{h3.name}: MLflow refuses anonymous and read-only alias moves", since)
+
     # moving the alias (to the other candidate of the same DAG run) reaches node 3
     since = time.monotonic()
     moved = p.python("server1-data", scheduler, MOVE_ALIAS, airflow, label="move-alias")
     assert moved["previous"] == "1" and moved["version"] == "2", moved
     switched = p.net.http(h3, "POST", f"{api_url}/predict", example_encounter(), until_status=200,
-                          until={"model_version": moved["version"]}, timeout=30)
+                          until={"model_version": moved["version"]}, timeout=30, headers=key)
     assert switched["ok"], f"node 3 still answers {switched}\n{tail(p.log(h3, 'api'))}"
     p.step(f"{h3.name}: serves version {moved['version']} after the alias moved", since)
 
-    # Prometheus on node 3 scraped the API (found by DNS) and Locust, by their Service names
+    # a version whose artifact changed in node 2's store after training is refused by node 3, which keeps
+    # serving the previous version and says why in /ready
+    since = time.monotonic()
+    again = p.python("server1-data", scheduler, REGISTER_AGAIN, airflow, label="register-again")
+    assert again["version"] == "3" and len(again["digest"]) == 64, again
+    model_key = again["model_id"] or again["source"].removeprefix("models:/").split("/")[0]
+    p.python("server2-tracking", mlflow_container, TAMPER, {"E2E_MODEL_KEY": model_key}, label="tamper")
+    p.python("server1-data", scheduler, SET_ALIAS, {**airflow, "E2E_VERSION": "3"}, label="alias-to-tampered")
+    refusal = p.net.http(h3, "GET", f"{api_url}/ready", until={"refused_version": "3"}, timeout=30)
+    assert refusal["ok"] and refusal["status"] == 200, f"{refusal}\n{tail(p.log(h3, 'api'))}"
+    assert refusal["body"]["refusal"] == "checksum_mismatch" and refusal["body"]["model_version"] == moved["version"]
+    assert tracking_uri.split("//")[1] not in json.dumps(refusal["body"]), refusal  # no internal host in the body
+    kept = p.net.http(h3, "POST", f"{api_url}/predict", example_encounter(), headers=key)
+    assert kept["status"] == 200 and kept["body"]["model_version"] == moved["version"], kept
+    p.step(f"{h3.name}: refuses version 3 (artifact changed after training), keeps serving {moved['version']}", since)
+
+    # Prometheus on node 3 scraped the API (found by DNS) and Locust, by their Service names, and counted the
+    # refusal
     since = time.monotonic()
     expectations = {
         'up{job="readmit-api"}': lambda v: v == 1,
         'up{job="locust"}': lambda v: v == 1,
         'sum(readmit_api_requests_total{route="/predict", status="200"})': lambda v: v > 0,
         'sum(locust_requests_total)': lambda v: v > 0,
+        'sum(readmit_api_model_refusals_total{reason="checksum_mismatch"})': lambda v: v >= 1,
     }
     pending, seen = dict(expectations), {}
     deadline = time.monotonic() + 60
@@ -514,14 +600,13 @@ def test_three_hosts(platform: Platform):
     # node 2's MLflow stops: node 3 keeps predicting with the model it has
     since = time.monotonic()
     p.net.stop(mlflow_process)
-    tracking_uri = p.env("server1-data", scheduler)["MLFLOW_TRACKING_URI"]
     gone = p.net.http(h1, "GET", f"{tracking_uri}/health")
     assert gone["status"] is None, f"MLflow still answers: {gone}"
     unreachable = p.net.http(h3, "GET", f"{api_url}/ready", until={"mlflow_reachable": False}, timeout=30)
     assert unreachable["ok"] and unreachable["status"] == 200, unreachable
     assert unreachable["body"]["model_version"] == moved["version"]
     for body in (example_encounter(), example_encounter() | {"time_in_hospital": 9}):
-        still = p.net.http(h3, "POST", f"{api_url}/predict", body)
+        still = p.net.http(h3, "POST", f"{api_url}/predict", body, headers=key)
         assert still["status"] == 200 and still["body"]["model_version"] == moved["version"], still
     p.step(f"{h3.name}: predicts with node 2's MLflow stopped", since)
 

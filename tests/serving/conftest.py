@@ -1,12 +1,19 @@
 """A registered champion (trained by the platform's own code on synthetic data) and the API as a real
-uvicorn process in front of it."""
+uvicorn process in front of it.
+
+The API needs API_KEYS: ``api_process`` gives every API it starts the session's keys (``API_KEYS``,
+fresh random keys per session, never written to a file or a command line); tests send
+``AUTH`` (the "tests" caller) or use the ``http`` client, which sends it.
+"""
 
 from __future__ import annotations
 
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from readmit_contract import validate
 from readmit_contract.encounter import json_encounters
@@ -22,6 +29,12 @@ from ..support import free_port, started
 
 SOURCE = "synthetic:6000:31"
 BIN = Path(sys.executable).parent
+
+KEYS = {name: secrets.token_urlsafe(24) for name in ("tests", "ui", "locust")}
+"""The callers the test APIs know, and their keys."""
+API_KEYS = ",".join(f"{name}:{key}" for name, key in KEYS.items())
+AUTH = {"X-API-Key": KEYS["tests"]}
+"""Headers of an authorised request."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ def encounters() -> list[dict]:
 def api_process(tmp_path: Path, tracking_uri: str, model_name: str, poll_seconds: float = 1.0, **env: str):
     port = free_port()
     environment = {"MLFLOW_TRACKING_URI": tracking_uri, "MODEL_NAME": model_name, "MODEL_ALIAS": "champion",
-                   "MODEL_POLL_SECONDS": str(poll_seconds), **env}
+                   "MODEL_POLL_SECONDS": str(poll_seconds), "API_KEYS": API_KEYS, **env}
     cmd = [str(BIN / "uvicorn"), "readmit_serving.api.main:app", "--host", "127.0.0.1", "--port", str(port),
            "--no-access-log"]
     return f"http://127.0.0.1:{port}", started(cmd, environment, tmp_path / f"api-{port}.log",
@@ -81,3 +94,16 @@ def api(registered, tmp_path_factory):
     with process:
         wait_http(f"{url}/ready", timeout=120)
         yield url
+
+
+@pytest.fixture(scope="session")
+def api_headers() -> dict[str, str]:
+    """Headers of an authorised request (the "tests" caller's key)."""
+    return dict(AUTH)
+
+
+@pytest.fixture
+def http(api):
+    """An httpx client of the shared API that sends the "tests" caller's key."""
+    with httpx.Client(base_url=api, headers=AUTH, timeout=30) as client:
+        yield client

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import os
+import subprocess
 import threading
 import time
 
@@ -13,8 +17,8 @@ import pytest
 from mlflow import MlflowClient
 from readmit_contract import example_encounter
 
-from ..support import mlflow_server, wait_http
-from .conftest import api_process, register_models
+from ..support import BIN, free_port, mlflow_server, wait_http
+from .conftest import API_KEYS, AUTH, KEYS, api_process, register_models
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +27,7 @@ def test_predictions_are_the_registered_pipelines(api, registered, encounters):
     mlflow.set_tracking_uri(registered.tracking_uri)
     pipeline = mlflow.sklearn.load_model(f"models:/{registered.model_name}@champion")
     expected = pipeline.predict_proba(encounters[:50])[:, 1]
-    with httpx.Client(base_url=api) as client:
+    with httpx.Client(base_url=api, headers=AUTH) as client:
         answers = [client.post("/predict", json=e).json() for e in encounters[:50]]
         batch = client.post("/predict/batch", json={"encounters": encounters[:50]}).json()
     np.testing.assert_allclose([a["probability"] for a in answers], expected, rtol=1e-9)
@@ -34,11 +38,11 @@ def test_predictions_are_the_registered_pipelines(api, registered, encounters):
     assert len({a["risk_band"] for a in answers}) >= 2
 
 
-def test_out_of_scope_encounters_are_not_scored(api):
+def test_out_of_scope_encounters_are_not_scored(http):
     hospice = example_encounter() | {"discharge_disposition_id": 13}
-    one = httpx.post(f"{api}/predict", json=hospice).json()
+    one = http.post("/predict", json=hospice).json()
     assert one["scored"] is False and one["probability"] is None and "Hospice" in one["reason"]
-    batch = httpx.post(f"{api}/predict/batch", json={"encounters": [example_encounter(), hospice]}).json()
+    batch = http.post("/predict/batch", json={"encounters": [example_encounter(), hospice]}).json()
     assert [p["scored"] for p in batch["predictions"]] == [True, False]
 
 
@@ -54,33 +58,33 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("change", "field"), BAD_INPUTS)
-def test_bad_input_is_422_naming_the_field(api, change, field):
-    response = httpx.post(f"{api}/predict", json=example_encounter() | change)
+def test_bad_input_is_422_naming_the_field(http, change, field):
+    response = http.post("/predict", json=example_encounter() | change)
     assert response.status_code == 422
     assert any(field in error["loc"] for error in response.json()["detail"]), response.json()
 
 
-def test_missing_field_malformed_json_and_batch_bounds(api, encounters):
+def test_missing_field_malformed_json_and_batch_bounds(http, encounters):
     body = example_encounter()
     del body["age"]
-    missing = httpx.post(f"{api}/predict", json=body)
+    missing = http.post("/predict", json=body)
     assert missing.status_code == 422 and missing.json()["detail"][0]["type"] == "missing"
-    malformed = httpx.post(f"{api}/predict", content=b"{not json", headers={"content-type": "application/json"})
+    malformed = http.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert malformed.status_code == 422
-    assert httpx.post(f"{api}/predict/batch", json={"encounters": []}).status_code == 422
+    assert http.post("/predict/batch", json={"encounters": []}).status_code == 422
     too_many = {"encounters": [encounters[0]] * 1001}
-    assert httpx.post(f"{api}/predict/batch", json=too_many, timeout=30).status_code == 422
+    assert http.post("/predict/batch", json=too_many).status_code == 422
 
 
-def test_model_health_ready_metrics(api, registered):
-    model = httpx.get(f"{api}/model").json()
+def test_model_health_ready_metrics(api, http, registered):
+    model = http.get("/model").json()
     assert model["model_name"] == registered.model_name and model["model_alias"] == "champion"
     assert 0 < model["threshold"] < 1 and "val_roc_auc" in model["metrics"]
     assert {f["name"] for f in model["contract_fields"]} >= {"age", "insulin", "diag_1"}
     assert httpx.get(f"{api}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{api}/ready")
     assert ready.status_code == 200 and ready.json()["mlflow_reachable"] is True
-    httpx.post(f"{api}/predict", json=example_encounter())
+    http.post("/predict", json=example_encounter())
     text = httpx.get(f"{api}/metrics").text
     for name in ("readmit_api_requests_total", "readmit_api_request_duration_seconds_bucket",
                  "readmit_api_inference_duration_seconds_bucket", "readmit_api_predictions_total",
@@ -107,8 +111,8 @@ def test_not_ready_before_a_model_exists(sqlite_tracking, tmp_path):
         assert ready.json()["ready"] is False and ready.json()["mlflow_reachable"] is True
         assert "no-such-model-yet@champion" in ready.json()["last_error"]
         assert httpx.get(f"{url}/health").status_code == 200
-        assert httpx.post(f"{url}/predict", json=example_encounter()).status_code == 503
-        assert httpx.get(f"{url}/model").status_code == 503
+        assert httpx.post(f"{url}/predict", json=example_encounter(), headers=AUTH).status_code == 503
+        assert httpx.get(f"{url}/model", headers=AUTH).status_code == 503
 
 
 def test_hot_swap_while_a_client_keeps_sending(registered, encounters, tmp_path):
@@ -126,7 +130,7 @@ def test_hot_swap_while_a_client_keeps_sending(registered, encounters, tmp_path)
         stop = threading.Event()
 
         def keep_sending(offset: int) -> None:
-            with httpx.Client(base_url=url, timeout=30) as http:
+            with httpx.Client(base_url=url, headers=AUTH, timeout=30) as http:
                 i = offset
                 while not stop.is_set():
                     response = http.post("/predict", json=encounters[i % len(encounters)])
@@ -175,8 +179,176 @@ def test_mlflow_stopped_predictions_continue(encounters, tmp_path):
         assert ready.status_code == 200 and ready.json()["mlflow_reachable"] is False
         assert "MLflow unreachable" in ready.json()["last_error"]
         for encounter in encounters[:20]:
-            answer = httpx.post(f"{url}/predict", json=encounter)
+            answer = httpx.post(f"{url}/predict", json=encounter, headers=AUTH)
             assert answer.status_code == 200 and answer.json()["model_version"] == "1"
         text = httpx.get(f"{url}/metrics").text
         assert "readmit_api_mlflow_up 0.0" in text
         assert "readmit_api_mlflow_check_failures_total" in text
+
+
+# -- API keys ------------------------------------------------------------------------------------------
+
+PROTECTED = [("POST", "/predict"), ("POST", "/predict/batch"), ("GET", "/model")]
+OPEN = ["/health", "/ready", "/metrics", "/docs", "/openapi.json"]
+
+
+def _call(api: str, method: str, path: str, headers: dict | None = None) -> httpx.Response:
+    body = {"encounters": [example_encounter()]} if path == "/predict/batch" else example_encounter()
+    return httpx.request(method, f"{api}{path}", json=body if method == "POST" else None, headers=headers)
+
+
+def _no_internal_detail(response: httpx.Response, *secrets: str) -> None:
+    """The refusal says what to do, nothing about the server: a short detail, no key, no host or path."""
+    assert set(response.json()) == {"detail"} and len(response.json()["detail"]) < 120
+    assert set(response.headers) <= {"content-type", "content-length", "www-authenticate", "date", "server"}
+    assert response.headers.get("server", "uvicorn") == "uvicorn"  # no version
+    text = response.text + " ".join(response.headers.values())
+    for needle in (*secrets, "Traceback", "File \"", "/work/", "site-packages", "127.0.0.1", "mlflow"):
+        assert needle not in text, needle
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+def test_protected_routes_refuse_a_missing_or_wrong_key(api, method, path):
+    missing = _call(api, method, path)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="readmit-api"'
+    assert "X-API-Key" in missing.json()["detail"]
+    _no_internal_detail(missing, *KEYS.values())
+
+    wrong_key = "not-a-configured-key-0123456789"
+    for headers in ({"X-API-Key": wrong_key}, {"Authorization": f"Bearer {wrong_key}"},
+                    {"X-API-Key": KEYS["tests"][:-1]}, {"X-API-Key": KEYS["tests"] + "x"}):
+        wrong = _call(api, method, path, headers)
+        assert wrong.status_code == 401, headers
+        assert wrong.headers["www-authenticate"] == 'Bearer realm="readmit-api", error="invalid_token"'
+        assert wrong.json() == {"detail": "the API key is not valid"}
+        _no_internal_detail(wrong, wrong_key, *KEYS.values())
+    # another scheme than Bearer carries no key
+    assert _call(api, method, path, {"Authorization": f"Basic {KEYS['tests']}"}).status_code == 401
+
+
+def test_each_configured_key_is_accepted_in_either_header(api):
+    for name, key in KEYS.items():
+        for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
+            for method, path in PROTECTED:
+                response = _call(api, method, path, headers)
+                assert response.status_code == 200, (name, path, response.text)
+
+
+def test_open_routes_need_no_key(api):
+    for path in OPEN:
+        assert httpx.get(f"{api}{path}").status_code == 200, path
+    assert httpx.get(f"{api}/docs/oauth2-redirect").status_code == 200
+    # anything else is protected, even a path that does not exist (no route enumeration without a key)
+    assert httpx.get(f"{api}/no-such-route").status_code == 401
+    assert httpx.get(f"{api}/no-such-route", headers=AUTH).status_code == 404
+
+
+def _sample(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_refusals_and_callers_are_counted(api):
+    before = httpx.get(f"{api}/metrics").text
+    for _ in range(3):
+        _call(api, "POST", "/predict")
+    for _ in range(2):
+        _call(api, "POST", "/predict", {"X-API-Key": "not-a-configured-key-0123456789"})
+    _call(api, "GET", "/model", {"X-API-Key": KEYS["ui"]})
+    after = httpx.get(f"{api}/metrics").text
+    for series, delta in (('readmit_api_auth_refused_total{reason="missing"}', 3),
+                          ('readmit_api_auth_refused_total{reason="invalid"}', 2),
+                          ('readmit_api_caller_requests_total{caller="ui"}', 1)):
+        assert _sample(after, series) - _sample(before, series) == delta, series
+    assert KEYS["ui"] not in after and KEYS["tests"] not in after
+
+
+def test_openapi_declares_the_keys(api):
+    schema = httpx.get(f"{api}/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == schemes["ApiKey"] | {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["Bearer"] | {"type": "http", "scheme": "bearer"} == schemes["Bearer"]
+    for method, path in PROTECTED:
+        operation = schema["paths"][path][method.lower()]
+        assert operation["security"] == [{"ApiKey": []}, {"Bearer": []}] and "401" in operation["responses"]
+    for path in ("/health", "/ready", "/metrics"):
+        assert "security" not in schema["paths"][path]["get"], path
+
+
+def _start_without_valid_keys(tmp_path, api_keys: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "API_KEYS"}
+    env |= {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MODEL_NAME": "never-loaded"}
+    if api_keys is not None:
+        env["API_KEYS"] = api_keys
+    return subprocess.run([str(BIN / "uvicorn"), "readmit_serving.api.main:app", "--host", "127.0.0.1",
+                           "--port", str(free_port())], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_api_refuses_to_start_without_valid_keys(tmp_path):
+    unset = _start_without_valid_keys(tmp_path, None)
+    assert unset.returncode != 0
+    assert "API_KEYS is not set" in unset.stderr and "Traceback" not in unset.stderr, unset.stderr
+
+    short_key = "only-15-chars-x"
+    short = _start_without_valid_keys(tmp_path, f"tests:{KEYS['tests']},ui:{short_key}")
+    assert short.returncode != 0
+    assert "API_KEYS entry 2 (ui): the key is shorter than 16 characters" in short.stderr, short.stderr
+    assert short_key not in short.stdout + short.stderr and KEYS["tests"] not in short.stdout + short.stderr
+
+
+# -- no internal detail in answers ---------------------------------------------------------------------
+
+def test_validation_errors_echo_only_short_values(http, encounters):
+    wrong_type = http.post("/predict", json=example_encounter() | {"time_in_hospital": "three"}).json()["detail"]
+    assert wrong_type[0]["input"] == "three" and wrong_type[0]["loc"] == ["body", "time_in_hospital"]
+    assert all(set(e) <= {"type", "loc", "msg", "input"} for e in wrong_type)
+
+    body = example_encounter()
+    del body["age"]
+    (missing,) = http.post("/predict", json=body).json()["detail"]
+    assert missing["type"] == "missing" and "input" not in missing  # FastAPI would echo the whole encounter
+
+    too_many = http.post("/predict/batch", json={"encounters": [encounters[0]] * 1001})
+    assert too_many.status_code == 422 and len(too_many.content) < 1000, too_many.text[:2000]
+    assert "input" not in too_many.json()["detail"][0] and "1000" in too_many.json()["detail"][0]["msg"]
+
+    long_text = "x" * 5000
+    long = http.post("/predict", json=example_encounter() | {"diag_1": long_text})
+    assert long.status_code == 422 and long_text not in long.text and len(long.content) < 2000
+
+    every_field_wrong = {name: "?!" for name in example_encounter()}
+    many = http.post("/predict/batch", json={"encounters": [every_field_wrong] * 20}).json()["detail"]
+    assert len(many) == 101 and many[-1]["type"] == "too_many_errors"
+
+
+def test_an_exception_in_a_handler_is_a_generic_500(caplog):
+    """In process (ASGI transport): a route that fails with a message naming a path and a host."""
+    from readmit_serving.api.main import create_app
+    from readmit_serving.settings import ServingSettings
+
+    app = create_app(ServingSettings(API_KEYS=API_KEYS, MLFLOW_TRACKING_URI="http://127.0.0.1:9"))
+
+    @app.get("/explode")
+    async def explode() -> dict:
+        raise RuntimeError("cannot open /var/lib/secret.db on db.internal:3306")
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return await client.get("/explode"), await client.get("/explode", headers=AUTH)
+
+    with caplog.at_level(logging.ERROR, logger="readmit_serving"):
+        refused, failed = asyncio.run(scenario())
+    assert refused.status_code == 401  # a route added later is protected unless opened on purpose
+    assert failed.status_code == 500
+    body = failed.json()
+    assert set(body) == {"detail", "request_id"} and body["detail"] == "internal error"
+    assert failed.headers["x-request-id"] == body["request_id"] and len(body["request_id"]) == 32
+    for needle in ("secret.db", "db.internal", "RuntimeError", "Traceback"):
+        assert needle not in failed.text
+    (record,) = [r for r in caplog.records if body["request_id"] in r.getMessage()]
+    assert "caller tests" in record.getMessage() and "db.internal:3306" in str(record.exc_info[1])

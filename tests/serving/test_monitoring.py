@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from ..support import BIN, free_port, started
+from .conftest import KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -171,7 +172,8 @@ def prometheus_under_load(api, tmp_path_factory):
     locust_cmd = [str(BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "-u", "8", "-r", "4", "-t", "90s",
                   "--host", api, "--only-summary", "--web-port", str(locust_web)]
     locust_env = {"LOCUST_METRICS_PORT": str(locust_port), "LOCUST_METRICS_HOST": "127.0.0.1",
-                  "LOADTEST_WAIT_MIN": "0.1", "LOADTEST_WAIT_MAX": "0.5", "CAPACITY_SEARCH": "0"}
+                  "LOADTEST_WAIT_MIN": "0.1", "LOADTEST_WAIT_MAX": "0.5", "CAPACITY_SEARCH": "0",
+                  "API_KEY": KEYS["locust"]}
     with started(prometheus_cmd, {}, root / "prometheus.log", ready_url=f"{prometheus_url}/-/ready", timeout=60):
         begin = time.time()
         with started(locust_cmd, locust_env, root / "locust.log", ready_url=f"http://127.0.0.1:{locust_port}/metrics",
@@ -237,7 +239,8 @@ def test_both_jobs_are_scraped_and_the_rules_loaded(prometheus_under_load):
     # a healthy API: up, MLflow reachable, a model loaded; and nothing fires (every rule waits a minute or more)
     states = {r["name"]: r["state"] for r in rules}
     assert all(states[name] == "inactive" for name in ("ReadmitApiDown", "ReadmitApiInstanceDown",
-                                                        "ReadmitApiMlflowUnreachable", "ReadmitApiNoModelLoaded"))
+                                                        "ReadmitApiMlflowUnreachable", "ReadmitApiNoModelLoaded",
+                                                        "ReadmitApiModelVersionRefused"))
     assert "firing" not in states.values(), states
 
 

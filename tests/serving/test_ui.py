@@ -1,9 +1,13 @@
-"""The Streamlit UI (streamlit's AppTest) against the real API in front of a real MLflow server."""
+"""The Streamlit UI (streamlit's AppTest: the real page script, in process) against the real API in front
+of a real MLflow server. The page asks for a login first; it sends the "ui" caller's key."""
 
 from __future__ import annotations
 
 import io
+import json
+import secrets
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -15,8 +19,8 @@ from readmit_contract.columns import column
 from readmit_contract.encounter import ENCOUNTER_COLUMNS
 from streamlit.testing.v1 import AppTest
 
-from ..support import free_port
-from .conftest import api_process
+from ..support import BIN, free_port, started, wait_http
+from .conftest import AUTH, KEYS, api_process
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +28,62 @@ APP = Path(__file__).resolve().parents[2] / "server3-serving" / "ui" / "app.py"
 sys.path.insert(0, str(APP.parent))  # the UI's modules live beside app.py (not an installed package)
 
 from readmit_ui.batch import SCORE_COLUMNS, encounters_of, score_csv  # noqa: E402
-from readmit_ui.client import ApiClient, ApiRejected  # noqa: E402
-from readmit_ui.page import BAND_COLOURS  # noqa: E402
+from readmit_ui.client import NO_MODEL, REFUSED, REJECTED, UNREACHABLE, ApiClient, ApiRejected  # noqa: E402
+from readmit_ui.login import FAILURE_DELAY_SECONDS, USER, WRONG  # noqa: E402
+from readmit_ui.page import BAND_COLOURS, PAGE_FAILED  # noqa: E402
+
+USERNAME = "clinician"
+PASSWORD = secrets.token_urlsafe(18)
+UI_KEY = KEYS["ui"]
 
 
-def run_app(monkeypatch, api_url: str) -> AppTest:
-    monkeypatch.setenv("API_URL", api_url)
+def open_app(monkeypatch, api_url: str, api_key: str = UI_KEY) -> AppTest:
+    """The page as a visitor first sees it (not logged in)."""
+    for name, value in {"API_URL": api_url, "API_KEY": api_key, "UI_USERNAME": USERNAME,
+                        "UI_PASSWORD": PASSWORD}.items():
+        monkeypatch.setenv(name, value)
     return AppTest.from_file(str(APP), default_timeout=60).run()
+
+
+def log_in(at: AppTest, username: str = USERNAME, password: str = PASSWORD) -> AppTest:
+    at.text_input(key="login:username").input(username)
+    at.text_input(key="login:password").input(password)
+    return at.button(key="login").click().run()
+
+
+def run_app(monkeypatch, api_url: str, api_key: str = UI_KEY) -> AppTest:
+    """The page after a successful login."""
+    at = log_in(open_app(monkeypatch, api_url, api_key))
+    assert at.session_state[USER] == USERNAME
+    return at
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page carries (values, labels, help texts), from each element's message."""
+    parts: list[str] = []
+
+    def walk(node) -> None:
+        if getattr(node, "proto", None) is not None:
+            parts.append(str(node.proto))
+        children = getattr(node, "children", None)
+        for child in (children.values() if isinstance(children, dict) else ()):
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(parts)
+
+
+def assert_no_internal_detail(at: AppTest, api_url: str) -> None:
+    assert not at.exception
+    text = page_text(at)
+    host = api_url.removeprefix("http://")
+    for needle in ("Traceback", "Error(", "Exception", "httpx", "ConnectError", "site-packages", host, UI_KEY,
+                   PASSWORD):
+        assert needle not in text, needle
+
+
+def has_form(at: AppTest) -> bool:
+    return any(w.key == "field:age" for w in at.selectbox)
 
 
 def contract_defaults() -> dict:
@@ -64,6 +117,62 @@ CHANGES = {
 }
 
 
+# -- login ---------------------------------------------------------------------------------------------
+
+def test_the_page_asks_for_a_login_first(api, monkeypatch):
+    at = open_app(monkeypatch, api)
+    assert not at.exception and not has_form(at) and not at.tabs and not at.sidebar.markdown
+    assert [w.key for w in at.text_input] == ["login:username", "login:password"]
+    password = at.text_input(key="login:password").proto
+    assert type(password).Type.Name(password.type) == "PASSWORD"
+    assert USER not in at.session_state
+
+
+def test_a_wrong_login_is_refused_after_a_delay(api, monkeypatch):
+    at = open_app(monkeypatch, api)
+    for username, password in ((USERNAME, PASSWORD + "x"), ("someone", PASSWORD), (USERNAME, ""),
+                               (USERNAME.upper(), PASSWORD)):
+        started_at = time.monotonic()
+        log_in(at, username, password)
+        assert time.monotonic() - started_at >= FAILURE_DELAY_SECONDS
+        assert [e.value for e in at.error] == [WRONG], (username, password)
+        assert USER not in at.session_state and not has_form(at) and not at.tabs
+        assert at.text_input(key="login:password").value == ""  # the form does not keep what was typed
+    assert_no_internal_detail(at, api)
+
+
+def test_the_right_login_shows_the_form_until_logout(api, monkeypatch):
+    at = run_app(monkeypatch, api)
+    assert not at.exception and not at.error and has_form(at)
+    assert any(USERNAME in c.value for c in at.sidebar.caption)
+    at.button(key="predict").click().run()
+    assert at.session_state["prediction"].result["scored"]
+    at.run()  # the session remembers the login across reruns
+    assert has_form(at) and at.session_state[USER] == USERNAME
+
+    at.button(key="logout").click().run()
+    assert not has_form(at) and USER not in at.session_state and "prediction" not in at.session_state
+    assert [w.key for w in at.text_input] == ["login:username", "login:password"]
+
+
+@pytest.mark.parametrize("unset", ["UI_USERNAME", "UI_PASSWORD"])
+def test_without_a_login_configured_the_page_is_closed(api, monkeypatch, unset):
+    monkeypatch.setenv(unset, "")
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    for name, value in {"API_URL": api, "API_KEY": UI_KEY, "UI_USERNAME": USERNAME, "UI_PASSWORD": PASSWORD,
+                        }.items():
+        if name != unset:
+            monkeypatch.setenv(name, value)
+    at.run()
+    assert not at.exception and not has_form(at) and not at.text_input and not at.button
+    (error,) = at.error
+    assert "administrator must set" in error.value and unset in error.value
+    monkeypatch.delenv(unset)
+    assert unset in at.run().error[0].value and not at.text_input
+
+
+# -- predictions -----------------------------------------------------------------------------------
+
 def test_prediction_round_trip(api, monkeypatch):
     at = run_app(monkeypatch, api)
     assert not at.exception and not at.error
@@ -74,7 +183,7 @@ def test_prediction_round_trip(api, monkeypatch):
 
     encounter = contract_defaults() | CHANGES
     assert at.session_state["sent_encounter"] == encounter
-    expected = httpx.post(f"{api}/predict", json=encounter).raise_for_status().json()
+    expected = httpx.post(f"{api}/predict", json=encounter, headers=AUTH).raise_for_status().json()
     assert expected["scored"]
     shown = at.session_state["prediction"].result
     assert shown["probability"] == expected["probability"]
@@ -93,33 +202,77 @@ def test_malformed_fields_are_reported_per_field_without_calling_the_api(api, mo
     at.button(key="predict").click().run()
     assert not at.exception
     (error,) = at.error
+    assert error.value.startswith(REJECTED)
     assert "**diag_1**" in error.value and "**payer_code**" in error.value
     assert at.session_state["prediction"].result is None and not at.metric
 
 
 def test_api_422_becomes_field_errors(api):
-    with ApiClient(api) as client, pytest.raises(ApiRejected) as info:
+    with ApiClient(api, UI_KEY) as client, pytest.raises(ApiRejected) as info:
         client.predict(contract_defaults() | {"time_in_hospital": 40, "readmitted": "<30"})
     assert {e.field for e in info.value.errors} == {"time_in_hospital", "readmitted"}
+    assert str(info.value).startswith(REJECTED)
 
+
+# -- the API failing: a sentence on the page, never an exception's text ------------------------------
 
 def test_api_down_is_a_clear_error(monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     at = run_app(monkeypatch, url)
-    assert not at.exception
-    assert any(f"The prediction API at {url} is down" in e.value for e in at.main.error)
+    assert [e.value for e in at.main.error] == [UNREACHABLE]
     at.button(key="predict").click().run()
-    assert not at.exception and at.session_state["prediction"].down.startswith(f"The prediction API at {url} is down")
+    assert at.session_state["prediction"].down == UNREACHABLE and UNREACHABLE in [e.value for e in at.main.error]
+    assert_no_internal_detail(at, url)
+
+
+def test_api_stopping_under_a_logged_in_user_is_a_clear_error(registered, tmp_path, monkeypatch):
+    url, process = api_process(tmp_path, registered.tracking_uri, registered.model_name)
+    with process:
+        wait_http(f"{url}/ready", timeout=120)
+        at = run_app(monkeypatch, url)
+        assert not at.error and any("**Version**" in m.value for m in at.sidebar.markdown)
+    at.button(key="predict").click().run()  # the API is gone now
+    assert at.session_state["prediction"].down == UNREACHABLE
+    assert UNREACHABLE in [e.value for e in at.main.error]
+    assert_no_internal_detail(at, url)
+
+
+def test_a_refused_api_key_is_a_clear_error(api, monkeypatch):
+    at = run_app(monkeypatch, api, api_key="a-key-the-api-does-not-know-0123")
+    assert [e.value for e in at.main.error] == [REFUSED] and REFUSED in [w.value for w in at.sidebar.warning]
+    at.button(key="predict").click().run()
+    assert at.session_state["prediction"].down == REFUSED
+    assert_no_internal_detail(at, api)
+    at.file_uploader(key="csv").set_value(("e.csv", synthetic.generate(3, seed=1).to_csv(index=False).encode(),
+                                           "text/csv")).run()
+    at.button(key="score").click().run()
+    assert at.session_state["batch"][1].down == REFUSED
+    assert_no_internal_detail(at, api)
 
 
 def test_api_without_model_is_a_clear_error(registered, tmp_path, monkeypatch):
     url, process = api_process(tmp_path, registered.tracking_uri, "no-such-model")
     with process:
         at = run_app(monkeypatch, url)
-        assert not at.exception
-        assert any(f"The prediction API at {url} has no model yet" in e.value for e in at.main.error)
+        assert [e.value for e in at.main.error] == [NO_MODEL]
         at.button(key="predict").click().run()
-        assert not at.exception and "has no model yet" in at.session_state["prediction"].down
+        assert at.session_state["prediction"].down == NO_MODEL
+        assert_no_internal_detail(at, url)
+
+
+def test_an_unexpected_failure_of_the_page_is_a_sentence(tmp_path, monkeypatch):
+    """A server that answers /ready and /model with bodies the page does not expect (a static file server)."""
+    (tmp_path / "ready").write_text(json.dumps({"ready": True}))
+    (tmp_path / "model").write_text(json.dumps({"model_name": "m"}))  # no version, metrics, loaded_at...
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with started([str(BIN / "python"), "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory",
+                  str(tmp_path)], {}, tmp_path / "http.log", ready_url=f"{url}/ready"):
+        at = run_app(monkeypatch, url)
+    assert [e.value for e in at.main.error] == [PAGE_FAILED]
+    assert_no_internal_detail(at, url)
+    assert "KeyError" not in page_text(at) and "loaded_at" not in page_text(at)
+    assert at.button(key="logout")  # the way out stays on the page
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +287,7 @@ def upload() -> tuple[pd.DataFrame, bytes]:
 def api_probabilities(api: str, frame: pd.DataFrame) -> pd.DataFrame:
     valid = validate(frame).valid
     body = {"encounters": encounters_of(valid)}
-    answers = httpx.post(f"{api}/predict/batch", json=body).raise_for_status().json()["predictions"]
+    answers = httpx.post(f"{api}/predict/batch", json=body, headers=AUTH).raise_for_status().json()["predictions"]
     return pd.DataFrame(answers, index=valid.index)
 
 
@@ -177,7 +330,7 @@ def test_csv_upload_is_scored_through_the_batch_endpoint(api, monkeypatch, uploa
 def test_scoring_in_small_chunks_gives_the_same_answers(api, upload):
     frame, data = upload
     calls = []
-    with ApiClient(api) as client:
+    with ApiClient(api, UI_KEY) as client:
         result = score_csv(data, client, chunk_size=7, progress=lambda done, total: calls.append((done, total)))
     check_scored(result, frame, api_probabilities(api, frame))
     assert calls[-1] == (50, 50) and len(calls) == 8
@@ -186,6 +339,6 @@ def test_scoring_in_small_chunks_gives_the_same_answers(api, upload):
 def test_a_file_without_ids_or_outcome_is_scored(api, upload):
     frame, _ = upload
     features_only = frame.drop(columns=["encounter_id", "patient_nbr", "readmitted"]).head(50)
-    with ApiClient(api) as client:
+    with ApiClient(api, UI_KEY) as client:
         result = score_csv(features_only.to_csv(index=False).encode(), client)
     assert result.rejected.empty and result.scored["probability"].notna().sum() > 40

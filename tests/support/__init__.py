@@ -88,8 +88,13 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "readmit-test-key", "AWS_SECRET_ACCESS_KEY": "re
 
 
 @contextmanager
-def mlflow_server(log_dir: Path, backend_store_uri: str, artifacts_destination: str, s3_endpoint: str | None = None):
-    """`readmit-tracking serve` (the node-2 entry point) on a free port. Yields the tracking URI."""
+def mlflow_server(log_dir: Path, backend_store_uri: str, artifacts_destination: str, s3_endpoint: str | None = None,
+                  auth: dict[str, str] | None = None):
+    """`readmit-tracking serve` (the node-2 entry point) on a free port. Yields the tracking URI.
+
+    ``auth``: the server's authentication variables (MLFLOW_AUTH_ADMIN_PASSWORD, ...), passed to it as
+    they are; None: a server without authentication.
+    """
     port = free_port()
     env = {
         "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
@@ -97,6 +102,7 @@ def mlflow_server(log_dir: Path, backend_store_uri: str, artifacts_destination: 
         "MLFLOW_HOST": "127.0.0.1",
         "MLFLOW_PORT": str(port),
         "MLFLOW_WORKERS": "1",
+        **(auth or {}),
     }
     if s3_endpoint:
         env |= {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint, **S3_KEYS}

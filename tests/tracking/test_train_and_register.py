@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import tempfile
+
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from readmit_contract import validate
+from readmit_contract.artifact import DIGEST_TAG, artifact_digest
 from readmit_contract.columns import FEATURE_COLUMNS
 from readmit_data.loading import load, read_source
 from readmit_data.preprocessing import preprocess_pending
@@ -65,6 +69,10 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     champion = client.get_model_version_by_alias(model_name, "champion")
     assert champion.version == "1" and champion.run_id == best.info.run_id
     assert champion.tags["promotion"].startswith("first model")
+    mlflow.set_tracking_uri(tracking.uri)  # models:/ URIs resolve through the process-wide registry URI
+    with tempfile.TemporaryDirectory() as tmp:  # the digest of the artifact as MLflow hands it out, for serving
+        assert champion.tags[DIGEST_TAG] == artifact_digest(mlflow.artifacts.download_artifacts(
+            f"models:/{model_name}/1", dst_path=tmp))
     assert float(champion.tags["test_roc_auc"]) > 0.5  # champion's test metrics, recorded once
     assert "test_roc_auc" in client.get_run(best.info.run_id).data.metrics
 
@@ -94,5 +102,6 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     assert challenger.version == "2"
     assert challenger.tags["promotion"].startswith("not promoted: prior_baseline validation ROC-AUC 0.5000")
     assert "test_roc_auc" not in challenger.tags
+    assert re.fullmatch(r"[0-9a-f]{64}", challenger.tags[DIGEST_TAG])
     baseline_run = client.get_run(challenger.run_id)
     assert baseline_run.data.tags["promotion"] == challenger.tags["promotion"]

@@ -3,9 +3,12 @@
     readmit-data load [--source SRC] [--batch next|all|N]   one raw batch (the notebook's job)
     readmit-data preprocess                                 clean every pending batch (the DAG's job)
     readmit-data status                                     rows per store and split, lineage
+    readmit-data record-checksum [--version N]              tag a version registered before checksums
+                                                            existed (default: the champion)
 
 Store URLs and defaults come from the environment (RAW_DB_URL, CLEAN_DB_URL,
-DATA_SOURCE, BATCH_SIZE, SPLIT_SEED, DATA_CACHE_DIR).
+DATA_SOURCE, BATCH_SIZE, SPLIT_SEED, DATA_CACHE_DIR; MLFLOW_TRACKING_URI, MODEL_NAME and MLflow's
+MLFLOW_TRACKING_USERNAME / _PASSWORD for record-checksum: the training identity).
 """
 
 from __future__ import annotations
@@ -57,6 +60,29 @@ def _status(args: argparse.Namespace, settings: DataSettings) -> int:
     return 0
 
 
+def _record_checksum(args: argparse.Namespace, settings: DataSettings) -> int:
+    """Record the artifact checksum of a version registered before training recorded one (an upgrade):
+    the API refuses a version without it. This trusts the artifact as the store holds it now."""
+    from readmit_contract.artifact import ArtifactRefused
+
+    from .registry import current_champion, record_artifact_digest
+
+    version = args.version
+    if version is None:
+        champion = current_champion(settings)
+        if champion is None:
+            print(f"no {settings.model_name}@{settings.model_alias} in the registry: nothing to record")
+            return 1
+        version = str(champion.version)
+    try:
+        digest = record_artifact_digest(settings, version)
+    except ArtifactRefused as refused:
+        print(f"{settings.model_name} version {version} not recorded: {refused.reason}")
+        return 1
+    print(f"{settings.model_name} version {version}: artifact_sha256 {digest} recorded")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="readmit-data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p_load.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("preprocess", help="validate and clean every raw batch not yet in CleanData")
     sub.add_parser("status", help="rows per store and split, and the lineage table")
+    p_record = sub.add_parser("record-checksum",
+                              help="tag a version registered before checksums existed (the API refuses it otherwise)")
+    p_record.add_argument("--version", help="the registry version (default: the champion)")
     args = parser.parse_args(argv)
     settings = DataSettings()
-    handler = {"load": _load, "preprocess": _preprocess, "status": _status}[args.command]
+    handler = {"load": _load, "preprocess": _preprocess, "status": _status,
+               "record-checksum": _record_checksum}[args.command]
     return handler(args, settings)
 
 

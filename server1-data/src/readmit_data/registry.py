@@ -10,10 +10,20 @@ champion's test-set metrics are computed once, when it first becomes champion.
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from readmit_contract import TARGET
+from readmit_contract.artifact import (
+    DIGEST_TAG,
+    ArtifactRefused,
+    artifact_digest,
+    verify_artifact,
+    verify_format_and_types,
+)
 from sklearn.metrics import roc_auc_score
 from sqlalchemy import Engine
 
@@ -21,6 +31,7 @@ from .settings import DataSettings
 from .training import CandidateResult, evaluate, read_split
 
 TEST_TAG_PREFIX = "test_"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,61 @@ def current_champion(settings: DataSettings):
         return None
 
 
+def download_version(settings: DataSettings, version: str, dst: Path) -> Path:
+    """Download registered ``version`` of MODEL_NAME into the (existing, empty) folder ``dst``, as serving does:
+    from the location the registry gives for it (the files ``models:/MODEL_NAME/version`` downloads)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    location = _client(settings).get_model_version_download_uri(settings.model_name, version)
+    repository = get_artifact_repository(location, tracking_uri=settings.mlflow_tracking_uri)
+    return Path(repository.download_artifacts("", dst_path=str(dst)))
+
+
+def record_artifact_digest(settings: DataSettings, version: str) -> str:
+    """Tag ``version`` with the digest of its artifact as MLflow stores it, after checking the artifact meets the
+    contract (skops, allowed types: ``ArtifactRefused`` otherwise, and no tag). Returns the digest."""
+    with tempfile.TemporaryDirectory(prefix="readmit-register-") as tmp:
+        folder = download_version(settings, version, Path(tmp))
+        verify_format_and_types(folder)
+        digest = artifact_digest(folder)
+    _client(settings).set_model_version_tag(settings.model_name, version, DIGEST_TAG, digest)
+    return digest
+
+
+def load_verified(settings: DataSettings, version: str):
+    """The Pipeline of a registered version, loaded only if its artifact passes serving's checks
+    (``ArtifactRefused`` otherwise)."""
+    import mlflow
+
+    model_version = _client(settings).get_model_version(settings.model_name, version)
+    with tempfile.TemporaryDirectory(prefix="readmit-verify-") as tmp:
+        folder = download_version(settings, version, Path(tmp))
+        verify_artifact(folder, model_version.tags.get(DIGEST_TAG))
+        return mlflow.sklearn.load_model(str(folder))
+
+
+def _against_champion(settings: DataSettings, clean_store: Engine, best: CandidateResult,
+                      champion) -> tuple[bool, str, float | None]:
+    """(promoted, reason, champion's validation ROC-AUC) of ``best`` against the current champion."""
+    candidate_auc = best.metrics["roc_auc"]
+    if champion is None:
+        return True, f"first model: validation ROC-AUC {candidate_auc:.4f}", None
+    try:
+        champion_model = load_verified(settings, champion.version)
+    except ArtifactRefused as refused:
+        log.warning("champion v%s is refused (%s): %s", champion.version, refused.code, refused.details)
+        return True, (f"promoted: champion v{champion.version} was refused ({refused.reason}); "
+                      f"{best.candidate} validation ROC-AUC {candidate_auc:.4f}"), None
+    validation = read_split(clean_store, "validation")
+    champion_auc = float(roc_auc_score(validation[TARGET].to_numpy(), champion_model.predict_proba(validation)[:, 1]))
+    promoted = candidate_auc > champion_auc + settings.promotion_min_delta
+    comparison = (
+        f"{best.candidate} validation ROC-AUC {candidate_auc:.4f} vs champion v{champion.version} "
+        f"{champion_auc:.4f} on the same {len(validation)} validation rows (min delta {settings.promotion_min_delta})"
+    )
+    return promoted, ("promoted: " if promoted else "not promoted: ") + comparison, champion_auc
+
+
 def register_and_promote(settings: DataSettings, clean_store: Engine, best: CandidateResult) -> Promotion:
     import mlflow
 
@@ -74,22 +140,9 @@ def register_and_promote(settings: DataSettings, clean_store: Engine, best: Cand
         best.model_uri, settings.model_name,
         tags={"candidate": best.candidate, "val_roc_auc": f"{best.metrics['roc_auc']:.6f}"},
     ).version
+    record_artifact_digest(settings, version)  # before any alias can point at it
     candidate_auc = best.metrics["roc_auc"]
-    champion_auc: float | None = None
-    if champion is None:
-        promoted, reason = True, f"first model: validation ROC-AUC {candidate_auc:.4f}"
-    else:
-        validation = read_split(clean_store, "validation")
-        champion_model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{champion.version}")
-        champion_auc = float(
-            roc_auc_score(validation[TARGET].to_numpy(), champion_model.predict_proba(validation)[:, 1])
-        )
-        promoted = candidate_auc > champion_auc + settings.promotion_min_delta
-        comparison = (
-            f"{best.candidate} validation ROC-AUC {candidate_auc:.4f} vs champion v{champion.version} "
-            f"{champion_auc:.4f} on the same {len(validation)} validation rows (min delta {settings.promotion_min_delta})"
-        )
-        reason = ("promoted: " if promoted else "not promoted: ") + comparison
+    promoted, reason, champion_auc = _against_champion(settings, clean_store, best, champion)
     alias = settings.model_alias if promoted else settings.challenger_alias
     client.set_registered_model_alias(settings.model_name, alias, version)
     client.set_model_version_tag(settings.model_name, version, "promotion", reason)
@@ -109,9 +162,7 @@ def register_and_promote(settings: DataSettings, clean_store: Engine, best: Cand
 
 
 def record_champion_test_metrics(settings: DataSettings, clean_store: Engine) -> dict[str, float] | None:
-    """Test-set metrics of the current champion, computed and recorded once (None if already there)."""
-    import mlflow
-
+    """Test-set metrics of the current champion, computed and recorded once (None if already there or refused)."""
     client = _client(settings)
     champion = current_champion(settings)
     if champion is None or any(k.startswith(TEST_TAG_PREFIX) for k in champion.tags):
@@ -119,7 +170,12 @@ def record_champion_test_metrics(settings: DataSettings, clean_store: Engine) ->
     test = read_split(clean_store, "test")
     if test.empty:
         return None
-    model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{champion.version}")
+    try:
+        model = load_verified(settings, champion.version)
+    except ArtifactRefused as refused:
+        log.warning("champion v%s is refused (%s), no test metrics: %s", champion.version, refused.code,
+                    refused.details)
+        return None
     threshold = client.get_run(champion.run_id).data.metrics.get("threshold", 0.5)
     metrics = evaluate(test[TARGET].to_numpy(), model.predict_proba(test)[:, 1], threshold)
     for key, value in metrics.items():

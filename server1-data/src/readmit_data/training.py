@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from readmit_contract import TARGET  # noqa: E402
+from readmit_contract.artifact import foreign_types  # noqa: E402
 from readmit_contract.columns import FEATURE_COLUMNS  # noqa: E402
 from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
@@ -41,16 +42,14 @@ from .candidates import build_pipeline  # noqa: E402
 from .settings import DataSettings  # noqa: E402
 from .stores import batch_lineage, clean_encounters  # noqa: E402
 
-TRUSTED_MODULE_PREFIXES = ("sklearn.", "readmit_contract.")
-"""Types skops may be told to trust when a model is loaded: scikit-learn's and the contract's, nothing else."""
-
 
 def skops_trusted_types(pipeline: Pipeline) -> list[str]:
-    """The types of ``pipeline`` skops does not trust by default, all from trusted modules (else an error)."""
+    """The types of ``pipeline`` skops does not trust by default, all from the modules the contract allows
+    (scikit-learn's and the contract's, ``readmit_contract.artifact.ALLOWED_MODULE_PREFIXES``), else an error."""
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
-    foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULE_PREFIXES)]
+    foreign = foreign_types(untrusted)
     if foreign:
         raise TypeError(f"the model holds types outside scikit-learn and the contract: {foreign}")
     return untrusted

@@ -3,7 +3,8 @@
 The same steps as `mlflow db upgrade` (mlflow/db.py), in-process so the store URI and its password
 never reach a command line: an empty database gets MLflow's initial tables and every migration
 (`_initialize_tables`), an older one the pending alembic migrations (`_upgrade_db`); a database
-already at head is only read (its revision), nothing else. Log lines show the URI with its password
+already at head is only read (its revision), nothing else. The basic-auth app's tables (auth.py) may
+live in the same database: a database holding only those counts as empty. Log lines show the URI with its password
 hidden.
 """
 
@@ -14,6 +15,15 @@ from dataclasses import dataclass
 
 DATABASE_SCHEMES = frozenset({"mysql", "postgresql", "sqlite", "mssql"})
 """The SQLAlchemy dialects MLflow's SQL stores accept (mlflow.store.db.db_types.DATABASE_ENGINES)."""
+
+AUTH_TABLES = frozenset({
+    "users", "roles", "role_permissions", "user_role_assignments",
+    # retained by MLflow's auth migrations after the move to roles (mlflow.server.auth.sqlalchemy_store)
+    "experiment_permissions", "registered_model_permissions", "scorer_permissions", "workspace_permissions",
+    "gateway_secret_permissions", "gateway_endpoint_permissions", "gateway_model_definition_permissions",
+})
+"""Tables of MLflow's basic-auth user store, which may share the backend store's database (auth.py):
+they do not make a database non-empty for the tracking schema."""
 
 
 class SchemaError(RuntimeError):
@@ -64,7 +74,7 @@ def upgrade_schema(uri: str) -> SchemaChange:
 
     engine = db.create_sqlalchemy_engine_with_retry(uri)
     try:
-        if db._is_empty_database(engine):
+        if _is_empty_database(engine):
             db._initialize_tables(engine)
             return SchemaChange(None, db._get_schema_version(engine), empty=True)
         before = db._get_schema_version(engine)
@@ -75,6 +85,15 @@ def upgrade_schema(uri: str) -> SchemaChange:
         return SchemaChange(before, db._get_schema_version(engine))
     finally:
         engine.dispose()
+
+
+def _is_empty_database(engine) -> bool:
+    """No tables but alembic's and the auth app's (mlflow.store.db.utils._is_empty_database ignores
+    only alembic's)."""
+    import sqlalchemy
+
+    tables = sqlalchemy.inspect(engine).get_table_names()
+    return all(table.startswith("alembic_") or table in AUTH_TABLES for table in tables)
 
 
 def _check_known(revision: str) -> None:

@@ -41,3 +41,75 @@ class TrackingSettings(BaseSettings):
             if not self.aws_access_key_id or secret.lower() in PLACEHOLDER_SECRETS:
                 raise ValueError("S3 artifacts need AWS_ACCESS_KEY_ID and a real AWS_SECRET_ACCESS_KEY (from a Secret)")
         return self
+
+
+LEGACY_MLFLOW_ADMIN_PASSWORD = "password1234"
+"""The admin password older MLflow versions shipped in basic_auth.ini (GHSA-gq3w-7jj3-x7gr)."""
+MIN_PASSWORD_LENGTH = 12
+"""MLflow's basic-auth store refuses shorter passwords (mlflow.utils.validation._validate_password)."""
+MIN_SECRET_KEY_LENGTH = 16
+
+
+class AuthSettings(BaseSettings):
+    """MLflow basic authentication, on whenever MLFLOW_AUTH_ADMIN_PASSWORD is set.
+
+    Checked by ``problems()`` rather than by pydantic validators: a validation error would print
+    the raw input, and that input holds the passwords.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    admin_username: str = Field("admin", validation_alias="MLFLOW_AUTH_ADMIN_USERNAME")
+    admin_password: SecretStr | None = Field(None, validation_alias="MLFLOW_AUTH_ADMIN_PASSWORD")
+    flask_secret_key: SecretStr | None = Field(None, validation_alias="MLFLOW_FLASK_SERVER_SECRET_KEY")
+    """The basic-auth app's CSRF and session key: the same value in every replica."""
+    training_username: str | None = Field(None, validation_alias="MLFLOW_AUTH_TRAINING_USERNAME")
+    training_password: SecretStr | None = Field(None, validation_alias="MLFLOW_AUTH_TRAINING_PASSWORD")
+    reader_username: str | None = Field(None, validation_alias="MLFLOW_AUTH_READER_USERNAME")
+    reader_password: SecretStr | None = Field(None, validation_alias="MLFLOW_AUTH_READER_PASSWORD")
+    database_uri: SecretStr | None = Field(None, validation_alias="MLFLOW_AUTH_DATABASE_URI")
+    """The auth app's user store; None: the backend store (its tables beside MLflow's)."""
+    model_name: str = Field("diabetes-readmission", validation_alias="MODEL_NAME")
+    experiment_name: str = Field("diabetes-readmission", validation_alias="MLFLOW_EXPERIMENT_NAME")
+
+    @property
+    def enabled(self) -> bool:
+        return self.admin_password is not None
+
+    def store_uri(self, backend_store_uri: str) -> str:
+        return self.database_uri.get_secret_value() if self.database_uri else backend_store_uri
+
+    def problems(self) -> list[str]:
+        """What keeps the server from starting with authentication (empty: nothing). No values."""
+        if not self.enabled:
+            return []
+        found = []
+        if self.flask_secret_key is None or not self.flask_secret_key.get_secret_value():
+            found.append("MLFLOW_FLASK_SERVER_SECRET_KEY is required when MLFLOW_AUTH_ADMIN_PASSWORD is set "
+                         "(the basic-auth app's CSRF key; the same value in every replica)")
+        elif _weak(self.flask_secret_key, MIN_SECRET_KEY_LENGTH):
+            found.append(f"MLFLOW_FLASK_SERVER_SECRET_KEY must be a real secret of at least "
+                         f"{MIN_SECRET_KEY_LENGTH} characters")
+        identities = [("ADMIN", self.admin_username, self.admin_password),
+                      ("TRAINING", self.training_username, self.training_password),
+                      ("READER", self.reader_username, self.reader_password)]
+        for role, username, password in identities:
+            if not username:
+                found.append(f"MLFLOW_AUTH_{role}_USERNAME is required when MLFLOW_AUTH_ADMIN_PASSWORD is set")
+            elif ":" in username or username != username.strip():
+                found.append(f"MLFLOW_AUTH_{role}_USERNAME must not contain ':' or surrounding blanks")
+            if password is None or not password.get_secret_value():
+                found.append(f"MLFLOW_AUTH_{role}_PASSWORD is required when MLFLOW_AUTH_ADMIN_PASSWORD is set")
+            elif _weak(password, MIN_PASSWORD_LENGTH) or password.get_secret_value() == LEGACY_MLFLOW_ADMIN_PASSWORD:
+                found.append(f"MLFLOW_AUTH_{role}_PASSWORD must be a real secret of at least "
+                             f"{MIN_PASSWORD_LENGTH} characters")
+        names = [username for _, username, _ in identities if username]
+        if len(set(names)) != len(names):
+            found.append("MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_TRAINING_USERNAME and MLFLOW_AUTH_READER_USERNAME "
+                         "must be three different users")
+        return found
+
+
+def _weak(secret: SecretStr, min_length: int) -> bool:
+    value = secret.get_secret_value()
+    return len(value) < min_length or value.lower() in PLACEHOLDER_SECRETS

@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_KEY_LENGTH = 16
+CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A caller's name: it appears in logs and metrics, so a short plain word."""
+KEY_TEXT = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+"""A key: printable ASCII without space or comma (it travels in an HTTP header; commas separate entries)."""
+
+
+class ApiKey(BaseModel):
+    """One caller of the API and its key (the key never appears in a repr, a log or an error)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    key: SecretStr
+
+
+def parse_api_keys(value: Any) -> tuple[ApiKey, ...]:
+    """``name:key,name:key`` -> the callers. Errors name API_KEYS and the entry's position, never a key.
+
+    A name may appear twice (two keys of one caller while a key is rotated); a key may not (each
+    request must identify one caller).
+    """
+    if isinstance(value, (list, tuple)):
+        return tuple(v if isinstance(v, ApiKey) else ApiKey.model_validate(v) for v in value)
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value or "")
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    if not entries:
+        raise ValueError("API_KEYS is not set: the API does not start without keys. Set it to comma-separated "
+                         "name:key pairs (e.g. ui:<key>,hospital:<key>), each key at least "
+                         f"{MIN_KEY_LENGTH} characters")
+    keys: list[ApiKey] = []
+    for position, entry in enumerate(entries, start=1):
+        name, colon, key = (part.strip() for part in entry.partition(":"))
+        if not colon or not name or not key:
+            raise ValueError(f"API_KEYS entry {position} is not a name:key pair")
+        if not CALLER_NAME.fullmatch(name):
+            raise ValueError(f"API_KEYS entry {position}: the name must be a letter or digit followed by up to 63 "
+                             "letters, digits, '.', '_' or '-'")
+        if len(key) < MIN_KEY_LENGTH:
+            raise ValueError(f"API_KEYS entry {position} ({name}): the key is shorter than {MIN_KEY_LENGTH} characters")
+        if not KEY_TEXT.fullmatch(key):
+            raise ValueError(f"API_KEYS entry {position} ({name}): the key must be printable ASCII without spaces "
+                             "or commas")
+        keys.append(ApiKey(name=name, key=SecretStr(key)))
+    if len({k.key.get_secret_value() for k in keys}) < len(keys):
+        raise ValueError("API_KEYS: two entries share one key (each caller needs its own key)")
+    return tuple(keys)
 
 
 class ServingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # hide_input_in_errors: a settings error never prints the value it refused (API_KEYS holds secrets)
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      hide_input_in_errors=True)
 
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", validation_alias="MLFLOW_TRACKING_URI")
     model_name: str = Field("diabetes-readmission", validation_alias="MODEL_NAME")
@@ -20,3 +73,25 @@ class ServingSettings(BaseSettings):
     """Most concurrent single-row requests answered by one model call."""
     model_cache_dir: str | None = Field(None, validation_alias="MODEL_CACHE_DIR")
     """Where downloaded model versions are kept (None: a temporary folder)."""
+    api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field("", validate_default=True,  # type: ignore[assignment]
+                                                               validation_alias="API_KEYS")
+    """Callers of /predict, /predict/batch and /model: ``name:key`` pairs, comma-separated (required)."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: Any) -> tuple[ApiKey, ...]:
+        return parse_api_keys(value)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """A settings ValidationError as one line per variable: its name and what is wrong, never its value."""
+    fields = ServingSettings.model_fields
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = [str(part) for part in error["loc"]]
+        if loc and loc[0] in fields and isinstance(fields[loc[0]].validation_alias, str):
+            loc[0] = fields[loc[0]].validation_alias  # an unset variable is reported under the field's name
+        where = ".".join(loc) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(message if message.startswith(where) else f"{where}: {message}")
+    return "invalid settings of the inference API:\n  " + "\n  ".join(lines)

@@ -1,8 +1,14 @@
-"""The Streamlit page: API status in the sidebar, a one-encounter form, a CSV batch tab."""
+"""The Streamlit page: a login first, then API status in the sidebar, a one-encounter form, a CSV batch tab.
+
+Nothing the page shows comes from an exception's text: the API client's failures carry messages
+written for the page, and anything unexpected becomes ``PAGE_FAILED`` (details in the UI's log).
+Deploy with STREAMLIT_CLIENT_SHOW_ERROR_DETAILS=none as well, so Streamlit itself never shows one.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -11,16 +17,20 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from pydantic import ValidationError
 from readmit_contract import SchemaMismatchError
 from readmit_contract.columns import Column
 
-from . import form
+from . import form, login
 from .batch import BatchResult, read_csv, score_frame
-from .client import ApiClient, ApiRejected, ApiUnavailable, FieldError, Readiness
+from .client import REJECTED, ApiClient, ApiRejected, ApiUnavailable, FieldError, Readiness
 from .settings import UISettings
+
+log = logging.getLogger(__name__)
 
 BAND_COLOURS = {"low": "green", "medium": "orange", "high": "red"}
 GRID = 3  # inputs per row
+PAGE_FAILED = "Something went wrong on this page. Try again; if it persists, ask the administrator."
 
 
 @dataclass
@@ -34,14 +44,38 @@ class Outcome:
 
 def main() -> None:
     st.set_page_config(page_title="30-day readmission risk", layout="wide")
-    settings = UISettings()
-    with ApiClient(settings.base_url, settings.api_timeout_seconds) as client:
+    try:
+        settings = UISettings()
+    except ValidationError as exc:
+        names = sorted({str(e["loc"][0]) for e in exc.errors(include_input=False) if e["loc"]})
+        st.error(f"This page is not configured correctly ({', '.join(names)}): ask the administrator.")
+        return
+    missing = settings.missing()
+    if missing:
+        st.error(f"This page is closed: the administrator must set {', '.join(missing)}.")
+        return
+    if not login.logged_in():
+        login.login_form(settings)
+        return
+    login.logout_button()
+    try:
+        page(settings)
+    except Exception:  # noqa: BLE001 - the page shows a sentence, the log keeps the traceback
+        log.exception("the page failed")
+        st.error(PAGE_FAILED)
+
+
+def page(settings: UISettings) -> None:
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    with ApiClient(settings.base_url, api_key, settings.api_timeout_seconds) as client:
         readiness = client.readiness()
-        sidebar(client, readiness)
+        problem = sidebar(client, readiness)
         st.title("30-day readmission risk")
         st.caption("Risk that a diabetic patient's hospital encounter is followed by a readmission within 30 days.")
         if not readiness.ready:
             st.error(readiness.error)
+        elif problem:
+            st.error(problem)
         one, many = st.tabs(["One encounter", "Many encounters (CSV)"])
         with one:
             single_encounter(client)
@@ -51,20 +85,20 @@ def main() -> None:
 
 # -- sidebar ---------------------------------------------------------------------------------------
 
-def sidebar(client: ApiClient, readiness: Readiness) -> None:
+def sidebar(client: ApiClient, readiness: Readiness) -> str | None:
+    """The service's state and model; a message for the page when the model cannot be read."""
     with st.sidebar:
-        st.header("Prediction API")
-        st.caption(client.base_url)
+        st.header("Prediction service")
         if not readiness.ready:
             (st.warning if readiness.reachable else st.error)(
                 "Up, no model yet" if readiness.reachable else "Down (unreachable)")
-            return
+            return None
         st.success("Ready")
         try:
             model = client.model()
         except (ApiUnavailable, ApiRejected) as exc:
             st.warning(str(exc))
-            return
+            return str(exc)
         metrics = model.get("metrics", {})
         auc = metrics.get("val_roc_auc")
         loaded = datetime.fromtimestamp(model["loaded_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -77,6 +111,7 @@ def sidebar(client: ApiClient, readiness: Readiness) -> None:
         )
         with st.expander("All metrics"):
             st.dataframe(pd.Series(metrics, name="value").sort_index(), width="stretch")
+    return None
 
 
 # -- one encounter -----------------------------------------------------------------------------------
@@ -150,7 +185,7 @@ def single_encounter(client: ApiClient) -> None:
     if outcome.down:
         st.error(outcome.down)
     elif outcome.errors:
-        show_field_errors("The encounter breaks the contract:", outcome.errors)
+        show_field_errors(REJECTED, outcome.errors)
     else:
         show_prediction(outcome.result)
 
@@ -185,8 +220,9 @@ def many_encounters(client: ApiClient, chunk_size: int) -> None:
 def score_upload(data: bytes, client: ApiClient, chunk_size: int) -> Outcome:
     try:
         frame = read_csv(data)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        return Outcome(errors=[FieldError("file", f"not a readable CSV ({exc})")])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return Outcome(errors=[FieldError("file", "not a readable CSV file (UTF-8 text, a header row, "
+                                                  "comma-separated)")])
     bar = st.progress(0.0, text=f"Scoring {len(frame):,} rows…")
     try:
         return Outcome(result=score_frame(frame, client, chunk_size, progress=lambda done, total: bar.progress(

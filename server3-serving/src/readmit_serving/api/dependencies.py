@@ -21,7 +21,8 @@ class Services:
     watcher: ModelWatcher
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool (a thread hop per request)
     return request.app.state.services
 
 

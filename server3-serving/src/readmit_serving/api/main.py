@@ -1,29 +1,39 @@
 """The inference API application.
 
-    uvicorn readmit_serving.api.main:app --host 0.0.0.0 --port 8000
+    API_KEYS=ui:KEY,... uvicorn readmit_serving.api.main:app --host 0.0.0.0 --port 8000
 
 Loads ``MODEL_NAME@MODEL_ALIAS`` from MLflow at start (in the background: the API
 answers /health at once and /ready turns 200 when the model is in), follows the
-alias, and serves predictions with micro-batching.
+alias, and serves predictions with micro-batching. /predict, /predict/batch and /model
+need a key from API_KEYS; without API_KEYS the API does not start.
+
+``app`` is built on first access (``uvicorn ...main:app``), not at import, so importing this
+module never needs the settings; invalid settings stop the process with a message naming the
+variable (never its value).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from threadpoolctl import threadpool_limits
 
-from ..settings import ServingSettings
+from ..settings import ServingSettings, settings_error
 from . import metrics
+from .auth import ApiKeyMiddleware, KeyRing, document_security, open_paths
 from .batching import MicroBatcher
 from .dependencies import Services
+from .errors import InternalErrorMiddleware, validation_error
 from .middleware import PrometheusMiddleware
 from .model import ModelHolder
 from .routes import health, model, predict
@@ -60,7 +70,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                     "Request bodies follow the platform's feature contract.",
         lifespan=lifespan,
     )
+    open_ = open_paths(app)
+    # outermost first: metrics see every answer (401 and 500 included), errors catch what auth and routes raise
+    app.add_middleware(ApiKeyMiddleware, keys=KeyRing(settings.api_keys), open_paths=open_)
+    app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(PrometheusMiddleware)
+    document_security(app, open_)
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.include_router(predict.build_router(settings.max_batch_size))
     app.include_router(health.router)
     app.include_router(model.router)
@@ -81,4 +97,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """``main.app``: the app from the environment's settings, built once on first access."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        settings = ServingSettings()
+    except ValidationError as exc:
+        raise SystemExit(settings_error(exc)) from None
+    built = globals()["app"] = create_app(settings)
+    return built

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Info
+from readmit_contract.artifact import REFUSAL_CODES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -26,3 +27,13 @@ MODEL_LOADED = Gauge("readmit_api_model_loaded", "1 when a model is loaded and p
 MODEL_RELOADS = Counter("readmit_api_model_reloads_total", "Model loads from MLflow, by result", ["result"])
 MLFLOW_UP = Gauge("readmit_api_mlflow_up", "1 when the last check of MLflow succeeded")
 MLFLOW_CHECK_FAILURES = Counter("readmit_api_mlflow_check_failures_total", "Failed checks of the model alias")
+MODEL_REFUSALS = Counter(
+    "readmit_api_model_refusals_total",
+    "Model versions refused before loading (artifact checksum, format or types), by reason", ["reason"],
+)
+for _reason in REFUSAL_CODES:  # every reason present from the start, at 0: alerts need no absent() tricks
+    MODEL_REFUSALS.labels(reason=_reason)
+MODEL_REFUSED_VERSION = Gauge(
+    "readmit_api_model_refused_version",
+    "Registry version the alias points at that was refused (0: none refused)",
+)

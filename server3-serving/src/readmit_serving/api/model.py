@@ -1,8 +1,13 @@
 """The served model: the registered Pipeline (contract transform + estimator) and what the API needs
-to answer with it, loaded once per version; and the holder that swaps versions atomically."""
+to answer with it, loaded once per version; and the holder that swaps versions atomically.
+
+A version is loaded only from a local folder whose artifact passed the contract's checks
+(``readmit_contract.artifact``): the checksum recorded at training, skops format, allowed types."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from readmit_contract.artifact import ArtifactRefused, recorded_digest, verify_artifact
 from readmit_contract.target import excluded_reason, is_scorable
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -99,20 +105,55 @@ def stack_if_equal(pipeline: Any, rows: int = 500) -> StackedTrees | None:
     return stacked if np.allclose(actual, expected, rtol=0, atol=1e-9) else None
 
 
-def load_version(client: Any, name: str, version: str, alias: str, cache_dir: str | None = None) -> LoadedModel:
-    """Download (into ``cache_dir``/NAME/VERSION when given) and load one registered version, with its
-    threshold and metrics from its run."""
+def download_version(client: Any, name: str, version: str, folder: Path, tracking_uri: str | None = None) -> Path:
+    """Download registered version ``name``/``version`` into ``folder``, emptied first (a folder left by an
+    earlier download must not add files to the digest). Returns the model folder.
+
+    The version's location is asked of ``client`` itself: MLflow's ``models:/`` URIs resolve through the
+    process-wide registry URI, whatever tracking URI is passed along."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    repository = get_artifact_repository(client.get_model_version_download_uri(name, version),
+                                         tracking_uri=tracking_uri)
+    return Path(repository.download_artifacts("", dst_path=str(folder)))
+
+
+def load_verified(client: Any, name: str, version: str, tags: dict[str, str], folder: Path,
+                  tracking_uri: str | None = None):
+    """The version's Pipeline, loaded from ``folder`` only once its artifact passed the contract's checks:
+    the checksum training recorded, skops format, allowed types (``ArtifactRefused`` otherwise)."""
     import mlflow
 
+    expected = recorded_digest(tags)  # refused before downloading anything
+    local = download_version(client, name, version, folder, tracking_uri)
+    try:
+        verify_artifact(local, expected)
+    except ArtifactRefused:
+        shutil.rmtree(folder, ignore_errors=True)  # nothing refused stays on disk
+        raise
+    return mlflow.sklearn.load_model(str(local))
+
+
+def load_version(client: Any, name: str, version: str, alias: str, cache_dir: str | None = None,
+                 tracking_uri: str | None = None) -> LoadedModel:
+    """Download (into ``cache_dir``/NAME/VERSION, else a temporary folder), verify and load one registered
+    version, with its threshold and metrics from its run. Raises ``ArtifactRefused`` for a version that must
+    not be served."""
     model_version = client.get_model_version(name, version)
-    run = client.get_run(model_version.run_id)
-    dst_path = None
+    tags = dict(model_version.tags)
     if cache_dir:
-        dst_path = Path(cache_dir) / name / str(version)
-        dst_path.mkdir(parents=True, exist_ok=True)
-    pipeline = single_threaded(mlflow.sklearn.load_model(f"models:/{name}/{version}", dst_path=dst_path))
+        pipeline = load_verified(client, name, version, tags, Path(cache_dir) / name / str(version),
+                                 tracking_uri)
+    else:
+        with tempfile.TemporaryDirectory(prefix="readmit-model-") as tmp:
+            pipeline = load_verified(client, name, version, tags, Path(tmp) / "model", tracking_uri)
+    pipeline = single_threaded(pipeline)
+    run = client.get_run(model_version.run_id)
     metrics = dict(run.data.metrics)
-    for key, value in model_version.tags.items():
+    for key, value in tags.items():
         if key.startswith("test_"):
             try:
                 metrics[key] = float(value)

@@ -33,11 +33,16 @@ class Readiness(BaseModel):
     ready: bool
     model_name: str
     model_alias: str
-    model_version: str | None
-    mlflow_reachable: bool
+    model_version: str | None = Field(description="The version being served (null: none yet)")
+    mlflow_reachable: bool = Field(description="Whether MLflow answered the last check")
     alias_version: str | None = Field(description="Where the alias pointed at the last successful check")
     last_check: float | None
-    last_error: str | None
+    last_error: str | None = Field(description="What went wrong at the last check, in words a person can act on "
+                                               "(details are in the API's log)")
+    refused_version: str | None = Field(None, description="The version the alias points at that was refused "
+                                                          "(its artifact failed the integrity checks)")
+    refusal: str | None = Field(None, description="Why it was refused: no_checksum, checksum_mismatch, "
+                                                  "unsafe_format or unsafe_types")
 
 
 class ContractField(BaseModel):

@@ -1,9 +1,12 @@
 """A background thread that follows the model alias in MLflow.
 
 Every ``MODEL_POLL_SECONDS`` it asks where the alias points; when the version
-changed it downloads and loads the new one, then swaps it in. If MLflow cannot be
-reached, the API keeps serving the model it has, reports it (``/ready`` body,
-``readmit_api_mlflow_up``), and tries again at the next tick.
+changed it downloads the new one, checks it (``readmit_contract.artifact``: the checksum
+recorded at training, skops format, allowed types), loads it and swaps it in. A version
+that fails the checks is refused: the previous model keeps serving, ``/ready`` says why,
+``readmit_api_model_refusals_total`` counts it, and it is not downloaded again until the
+alias moves. If MLflow cannot be reached, the API keeps serving the model it has, reports
+it (``/ready`` body, ``readmit_api_mlflow_up``), and tries again at the next tick.
 """
 
 from __future__ import annotations
@@ -14,18 +17,48 @@ import threading
 import time
 from dataclasses import dataclass
 
+from readmit_contract.artifact import ArtifactRefused
+
 from . import metrics
 from .model import ModelHolder, load_version
 
 log = logging.getLogger(__name__)
 
 
+CREDENTIAL_ERRORS = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+"""MLflow error codes of HTTP 401 and 403."""
+MISSING_ERRORS = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+"""MLflow error codes of a model or alias that does not exist (yet)."""
+
+
+def failure_kind(exc: BaseException) -> str:
+    """What a failed MLflow call means for a person: ``credentials`` (401/403), ``missing`` (no such model or
+    alias), ``mlflow_error`` (MLflow answered with another error), ``unreachable`` (no answer: refused
+    connection, timeout, DNS, a proxy's 5xx page)."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(exc, MlflowException):
+        if exc.error_code in CREDENTIAL_ERRORS:
+            return "credentials"
+        if isinstance(exc, RestException):  # a JSON error body: MLflow itself answered
+            return "missing" if exc.error_code in MISSING_ERRORS else "mlflow_error"
+    return "unreachable"
+
+
 @dataclass
 class WatcherStatus:
+    """What /ready reports. ``last_error`` holds fixed sentences only: exception text, hosts, URLs and paths go
+    to the log, never here."""
+
     mlflow_reachable: bool = False
     last_check: float | None = None
     last_error: str | None = None
     alias_version: str | None = None
+    refused_version: str | None = None
+    """The version the alias points at, refused by the artifact checks (not downloaded again until the alias
+    moves)."""
+    refusal: str | None = None
+    """Why, as a short code (``readmit_contract.artifact.REFUSAL_CODES``)."""
 
 
 class ModelWatcher:
@@ -42,41 +75,66 @@ class ModelWatcher:
         self.holder = holder
         self.cache_dir = cache_dir
         self.status = WatcherStatus()
+        self._refusal_message: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    # -- the sentences /ready shows ----------------------------------------------------------------------------
+
+    def _serving(self) -> str:
+        current = self.holder.current
+        return f"version {current.version} keeps serving" if current is not None else "no model is served yet"
+
+    def _message(self, kind: str, version: str | None = None) -> str:
+        serving = self._serving()
+        if kind == "unreachable":
+            return (f"MLflow unreachable: the model registry did not answer; {serving}; "
+                    f"the API asks again every {self.poll_seconds:g} s")
+        if kind == "credentials":
+            return ("MLflow refused the API's credentials (HTTP 401/403): check the API's MLFLOW_TRACKING_USERNAME "
+                    f"and MLFLOW_TRACKING_PASSWORD and that this user may read the model; {serving}")
+        if kind == "missing":
+            return (f"no {self.name}@{self.alias} in the registry yet: register a version of model {self.name} "
+                    f"and give it the alias {self.alias}; {serving}")
+        if kind == "mlflow_error":
+            return f"MLflow answered with an error (details in the API's log); {serving}; the API asks again soon"
+        return (f"loading version {version} failed (details in the API's log); {serving}; "
+                "the API tries again at the next check")
+
+    # -- one check ---------------------------------------------------------------------------------------------
+
     def check_once(self) -> None:
-        """Ask where the alias points and load that version if it is not the one served."""
+        """Ask where the alias points and load that version if it is not the one served (nor refused)."""
         import mlflow
-        from mlflow.exceptions import RestException
 
         mlflow.set_tracking_uri(self.tracking_uri)
         self.status.last_check = time.time()
         try:
             version = str(self.client.get_model_version_by_alias(self.name, self.alias).version)
-        except RestException as exc:  # MLflow answered: no such model or alias yet
-            self._reachable(True)
-            self.status.alias_version = None
-            self.status.last_error = f"no {self.name}@{self.alias} in the registry yet ({exc.error_code})"
+        except Exception as exc:  # noqa: BLE001 - whatever happened, keep serving and say so in words
+            self._lookup_failed(exc)
             return
-        except Exception as exc:  # noqa: BLE001 - any failure to reach MLflow: timeouts, refused, 5xx
-            self._reachable(False)
-            metrics.MLFLOW_CHECK_FAILURES.inc()
-            self.status.last_error = f"MLflow unreachable: {type(exc).__name__}: {exc}"[:500]
-            log.warning(self.status.last_error)
-            return
-        self._reachable(True)
+        self._checked(answered=True, ok=True)
         self.status.alias_version = version
         current = self.holder.current
         if current is not None and current.version == version:
+            self._forget_refusal()
             self.status.last_error = None
             return
+        if self.status.refused_version == version:  # refused already: not downloaded again until the alias moves
+            self.status.last_error = self._refusal_message
+            return
+        self._forget_refusal()
         try:
-            model = load_version(self.client, self.name, version, self.alias, self.cache_dir)
+            model = load_version(self.client, self.name, version, self.alias, self.cache_dir, self.tracking_uri)
+        except ArtifactRefused as refused:
+            self._refuse(version, refused)
+            return
         except Exception as exc:  # noqa: BLE001 - keep serving the old model
             metrics.MODEL_RELOADS.labels(result="failure").inc()
-            self.status.last_error = f"loading {self.name} v{version} failed: {type(exc).__name__}: {exc}"[:500]
-            log.warning(self.status.last_error)
+            kind = "credentials" if failure_kind(exc) == "credentials" else "load_failed"
+            self.status.last_error = self._message(kind, version)
+            log.warning("loading %s v%s failed: %s: %s", self.name, version, type(exc).__name__, exc)
             return
         previous = self.holder.swap(model)
         metrics.MODEL_RELOADS.labels(result="success").inc()
@@ -87,9 +145,36 @@ class ModelWatcher:
         self.status.last_error = None
         log.info("serving %s v%s (was %s)", self.name, version, previous.version if previous else "none")
 
-    def _reachable(self, up: bool) -> None:
-        self.status.mlflow_reachable = up
-        metrics.MLFLOW_UP.set(1 if up else 0)
+    def _lookup_failed(self, exc: Exception) -> None:
+        kind = failure_kind(exc)
+        if kind == "missing":  # MLflow answered: no such model or alias yet (the alias points at nothing)
+            self._checked(answered=True, ok=True)
+            self.status.alias_version = None
+            self._forget_refusal()
+        else:
+            self._checked(answered=kind != "unreachable", ok=False)
+            metrics.MLFLOW_CHECK_FAILURES.inc()
+        self.status.last_error = self._message(kind)
+        log.warning("looking up %s@%s failed (%s): %s: %s", self.name, self.alias, kind, type(exc).__name__,
+                    str(exc)[:1000])
+
+    def _refuse(self, version: str, refused: ArtifactRefused) -> None:
+        metrics.MODEL_RELOADS.labels(result="refused").inc()
+        metrics.MODEL_REFUSALS.labels(reason=refused.code).inc()
+        metrics.MODEL_REFUSED_VERSION.set(float(version) if version.isdigit() else 0)
+        self.status.refused_version, self.status.refusal = version, refused.code
+        self._refusal_message = f"version {version} was refused: {refused.reason}; {self._serving()}"
+        self.status.last_error = self._refusal_message
+        log.error("refused %s v%s (%s: %s): %s", self.name, version, refused.code, refused.reason, refused.details)
+
+    def _forget_refusal(self) -> None:
+        if self.status.refused_version is not None:
+            metrics.MODEL_REFUSED_VERSION.set(0)
+        self.status.refused_version = self.status.refusal = self._refusal_message = None
+
+    def _checked(self, answered: bool, ok: bool) -> None:
+        self.status.mlflow_reachable = answered
+        metrics.MLFLOW_UP.set(1 if ok else 0)
 
     def _run(self) -> None:
         while not self._stop.is_set():

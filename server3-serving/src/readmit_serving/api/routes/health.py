@@ -30,5 +30,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         alias_version=status.alias_version,
         last_check=status.last_check,
         last_error=status.last_error,
+        refused_version=status.refused_version,
+        refusal=status.refusal,
     )
     return JSONResponse(body.model_dump(), status_code=200 if model is not None else 503)

@@ -1,0 +1,93 @@
+"""What a caller sees when a request fails: never a stack trace, a path, a host or a library's text.
+
+- An unexpected exception: 500 ``{"detail": "internal error", "request_id": ...}``; the exception
+  is logged with that id (and the caller's name), so a report quoting the id finds the traceback.
+- Invalid input: FastAPI's 422 shape (``detail``: a list of ``type``, ``loc``, ``msg``, ``input``)
+  with ``input`` kept only when it is a short scalar. FastAPI echoes each error's input, which for a
+  missing field is the whole encounter and for an over-long batch the whole list: the caller sent
+  it, but echoing patient records back (into clients' logs) helps nobody, while the offending
+  scalar ("three" for a number) does. ``ctx`` is dropped (it repeats ``msg``, sometimes as a
+  library's exception), and at most ``MAX_ERRORS`` errors are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+MAX_ERRORS = 100
+MAX_INPUT_CHARS = 100
+MAX_MESSAGE_CHARS = 1000
+_ABSENT = object()
+
+
+def _short(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, str) and len(value) <= MAX_INPUT_CHARS
+
+
+def brief_error(error: dict[str, Any]) -> dict[str, Any]:
+    """One pydantic error as FastAPI shows it, without a long input or the context."""
+    message = str(error.get("msg", ""))
+    brief: dict[str, Any] = {
+        "type": str(error.get("type", "value_error")),
+        "loc": [part if isinstance(part, (int, str)) else str(part) for part in error.get("loc", ())],
+        "msg": message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…",
+    }
+    value = error.get("input", _ABSENT)
+    if value is not _ABSENT and _short(value):
+        brief["input"] = value
+    return brief
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    detail = [brief_error(e) for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        detail.append({"type": "too_many_errors", "loc": ["body"],
+                       "msg": f"{len(errors) - MAX_ERRORS} more errors not listed"})
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+class InternalErrorMiddleware:
+    """An exception escaping the app becomes the generic 500 (pure ASGI: no per-request task or copy)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            request_id = uuid.uuid4().hex
+            caller = (scope.get("state") or {}).get("caller", "-")
+            log.exception("request %s failed: %s %s (caller %s)", request_id, scope.get("method"),
+                          scope.get("path"), caller)
+            if started:  # the answer is already on its way: nothing else can be sent
+                return
+            body = json.dumps({"detail": "internal error", "request_id": request_id}).encode()
+            await send({"type": "http.response.start", "status": 500, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode())]})
+            await send({"type": "http.response.body", "body": body})
