@@ -451,7 +451,7 @@ keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket
         for o in page.get("Contents", []) if f"/{model_key}/" in o["Key"] and o["Key"].endswith("model.skops")]
 (key,) = keys
 body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-s3.put_object(Bucket=bucket, Key=key, Body=body + b"\0")  # one byte more: a file changed after training
+s3.put_object(Bucket=bucket, Key=key, Body=body + b"!")  # one byte more: a file changed after training
 print(json.dumps({"key": key}))
 """
 
@@ -466,6 +466,8 @@ print(json.dumps({"alias": os.environ["E2E_VERSION"]}))
 MOVE_ALIAS = """
 import json, os, mlflow
 from mlflow import MlflowClient
+from readmit_data.registry import record_artifact_digest
+from readmit_data.settings import DataSettings
 client = MlflowClient()
 name, alias = os.environ["MODEL_NAME"], os.environ["MODEL_ALIAS"]
 champion = client.get_model_version_by_alias(name, alias)
@@ -474,6 +476,7 @@ siblings = client.search_runs([run.info.experiment_id],
                               filter_string=f"tags.`airflow.dag_run` = '{run.data.tags['airflow.dag_run']}'")
 other = next(r for r in siblings if r.info.run_id != champion.run_id)
 version = mlflow.register_model(f"runs:/{other.info.run_id}/model", name)
+record_artifact_digest(DataSettings(), version.version)  # what training records before an alias moves
 client.set_registered_model_alias(name, alias, version.version)
 print(json.dumps({"version": version.version, "run_id": other.info.run_id, "previous": champion.version,
                   "candidate": other.data.tags.get("candidate")}))
