@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import secrets
@@ -67,8 +68,10 @@ CREDENTIAL_NAMES: dict[str, str | None] = {
 }
 
 
+@functools.cache
 def credentials() -> dict[str, str]:
-    """STATE/credentials.env: read, completed with values for names it lacks (drawn once), kept 0600."""
+    """STATE/credentials.env: read, completed with values for names it lacks (drawn once), kept 0600. Read
+    once per run (every service and the summary ask for it)."""
     values: dict[str, str] = {}
     if CREDENTIALS.exists():
         for line in CREDENTIALS.read_text().splitlines():

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from readmit_contract import TARGET
+from readmit_contract import artifact
 from readmit_contract.artifact import (
     DIGEST_TAG,
     ArtifactRefused,
     artifact_digest,
-    verify_artifact,
+    download_registered,
     verify_format_and_types,
 )
 from sklearn.metrics import roc_auc_score
@@ -76,37 +77,27 @@ def current_champion(settings: DataSettings):
         return None
 
 
-def download_version(settings: DataSettings, version: str, dst: Path) -> Path:
-    """Download registered ``version`` of MODEL_NAME into the (existing, empty) folder ``dst``, as serving does:
-    from the location the registry gives for it (the files ``models:/MODEL_NAME/version`` downloads)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    location = _client(settings).get_model_version_download_uri(settings.model_name, version)
-    repository = get_artifact_repository(location, tracking_uri=settings.mlflow_tracking_uri)
-    return Path(repository.download_artifacts("", dst_path=str(dst)))
-
-
 def record_artifact_digest(settings: DataSettings, version: str) -> str:
     """Tag ``version`` with the digest of its artifact as MLflow stores it, after checking the artifact meets the
     contract (skops, allowed types: ``ArtifactRefused`` otherwise, and no tag). Returns the digest."""
+    client = _client(settings)
     with tempfile.TemporaryDirectory(prefix="readmit-register-") as tmp:
-        folder = download_version(settings, version, Path(tmp))
+        folder = download_registered(client, settings.model_name, version, Path(tmp) / "model",
+                                     settings.mlflow_tracking_uri)
         verify_format_and_types(folder)
         digest = artifact_digest(folder)
-    _client(settings).set_model_version_tag(settings.model_name, version, DIGEST_TAG, digest)
+    client.set_model_version_tag(settings.model_name, version, DIGEST_TAG, digest)
     return digest
 
 
 def load_verified(settings: DataSettings, version: str):
     """The Pipeline of a registered version, loaded only if its artifact passes serving's checks
     (``ArtifactRefused`` otherwise)."""
-    import mlflow
-
-    model_version = _client(settings).get_model_version(settings.model_name, version)
+    client = _client(settings)
+    tags = dict(client.get_model_version(settings.model_name, version).tags)
     with tempfile.TemporaryDirectory(prefix="readmit-verify-") as tmp:
-        folder = download_version(settings, version, Path(tmp))
-        verify_artifact(folder, model_version.tags.get(DIGEST_TAG))
-        return mlflow.sklearn.load_model(str(folder))
+        return artifact.load_verified(client, settings.model_name, version, tags, Path(tmp) / "model",
+                                      settings.mlflow_tracking_uri)
 
 
 def _against_champion(settings: DataSettings, clean_store: Engine, best: CandidateResult,

@@ -185,3 +185,42 @@ def verify_artifact(folder: str | os.PathLike[str], expected_digest: str | None)
     """All the checks, digest first: what serving runs before loading a downloaded version."""
     verify_digest(folder, expected_digest)
     return verify_format_and_types(folder)
+
+
+def download_registered(client: Any, name: str, version: str, folder: Path, tracking_uri: str | None = None) -> Path:
+    """Download registered version ``name``/``version`` into ``folder``, emptied first (a folder left by an
+    earlier download must not add files to the digest). Returns the model folder.
+
+    The version's location is asked of ``client`` (an ``mlflow.MlflowClient``) itself: MLflow's
+    ``models:/`` URIs resolve through the process-wide registry URI, whatever tracking URI is passed along.
+    Training (to record the digest) and serving (to check it) download the same way."""
+    import shutil
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    repository = get_artifact_repository(client.get_model_version_download_uri(name, version),
+                                         tracking_uri=tracking_uri)
+    return Path(repository.download_artifacts("", dst_path=str(folder)))
+
+
+def load_verified(client: Any, name: str, version: str, tags: dict[str, str], folder: Path,
+                  tracking_uri: str | None = None) -> Any:
+    """The version's Pipeline, loaded from ``folder`` only once its artifact passed every check: the
+    checksum recorded at training (``tags``, the version's), skops format, allowed types
+    (``ArtifactRefused`` otherwise; a version without a checksum is refused before anything is downloaded,
+    and nothing refused stays in ``folder``)."""
+    import shutil
+
+    import mlflow
+
+    expected = recorded_digest(tags)
+    local = download_registered(client, name, version, folder, tracking_uri)
+    try:
+        verify_artifact(local, expected)
+    except ArtifactRefused:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return mlflow.sklearn.load_model(str(local))

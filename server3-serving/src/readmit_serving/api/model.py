@@ -6,7 +6,6 @@ A version is loaded only from a local folder whose artifact passed the contract'
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from readmit_contract.artifact import ArtifactRefused, recorded_digest, verify_artifact
+from readmit_contract.artifact import load_verified
 from readmit_contract.target import excluded_reason, is_scorable
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -103,38 +102,6 @@ def stack_if_equal(pipeline: Any, rows: int = 500) -> StackedTrees | None:
     expected = pipeline.predict_proba(sample)
     actual = stacked.predict_proba(pipeline[:-1].transform(sample))
     return stacked if np.allclose(actual, expected, rtol=0, atol=1e-9) else None
-
-
-def download_version(client: Any, name: str, version: str, folder: Path, tracking_uri: str | None = None) -> Path:
-    """Download registered version ``name``/``version`` into ``folder``, emptied first (a folder left by an
-    earlier download must not add files to the digest). Returns the model folder.
-
-    The version's location is asked of ``client`` itself: MLflow's ``models:/`` URIs resolve through the
-    process-wide registry URI, whatever tracking URI is passed along."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    repository = get_artifact_repository(client.get_model_version_download_uri(name, version),
-                                         tracking_uri=tracking_uri)
-    return Path(repository.download_artifacts("", dst_path=str(folder)))
-
-
-def load_verified(client: Any, name: str, version: str, tags: dict[str, str], folder: Path,
-                  tracking_uri: str | None = None):
-    """The version's Pipeline, loaded from ``folder`` only once its artifact passed the contract's checks:
-    the checksum training recorded, skops format, allowed types (``ArtifactRefused`` otherwise)."""
-    import mlflow
-
-    expected = recorded_digest(tags)  # refused before downloading anything
-    local = download_version(client, name, version, folder, tracking_uri)
-    try:
-        verify_artifact(local, expected)
-    except ArtifactRefused:
-        shutil.rmtree(folder, ignore_errors=True)  # nothing refused stays on disk
-        raise
-    return mlflow.sklearn.load_model(str(local))
 
 
 def load_version(client: Any, name: str, version: str, alias: str, cache_dir: str | None = None,
