@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 SOURCE ?= download
 
 LOCAL_PACKAGES := -e shared -e server1-data -e server2-tracking -e server3-serving
@@ -29,10 +30,10 @@ $(STAMP): requirements/requirements.in requirements/constraints.txt shared/pypro
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@set -e; ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 1; }; \

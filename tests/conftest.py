@@ -38,6 +38,32 @@ def synthetic_frame() -> pd.DataFrame:
     return synthetic.generate(3000, seed=7)
 
 
+# -- Order: the longest modules first ----------------------------------------------------------------
+# `make test` runs on two pytest-xdist workers, one module per worker at a time (--dist loadfile, so a
+# module's servers start once). Started last, a long module would leave one worker idle while it runs;
+# started first, the short ones fill the other worker around it. Sequential runs are not affected.
+
+LONG_MODULES = (
+    "tests/e2e/test_three_hosts.py",
+    "tests/e2e/test_make_up.py",
+    "tests/tracking/test_train_and_register.py",
+    "tests/data/test_dags.py",
+    "tests/serving/test_loadtest.py",
+    "tests/serving/test_serving_faults.py",
+    "tests/tracking/test_auth.py",
+)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parent.parent
+
+    def rank(item: pytest.Item) -> int:
+        module = item.path.resolve().relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        return LONG_MODULES.index(module) if module in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the order within and between the other modules stays
+
+
 # -- MariaDB: tests create and drop their own databases -------------------------------------------
 
 MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from readmit_contract import example_encounter
 
-from ..support import BIN, free_port, mlflow_server, wait_http
+from ..support import BIN, free_port, wait_http
 from .conftest import API_KEYS, AUTH, KEYS, api_process, register_models
 
 pytestmark = pytest.mark.slow
@@ -159,32 +158,6 @@ def test_hot_swap_while_a_client_keeps_sending(registered, encounters, tmp_path)
     assert set(seen[first_new + 50 :]) <= {new}  # once swapped, it stays swapped
     assert len(seen) > 100
     assert (cache / name / old / "MLmodel").exists() and (cache / name / new / "MLmodel").exists()
-
-
-def test_mlflow_stopped_predictions_continue(encounters, tmp_path):
-    """MLflow goes away after the model is loaded: the API keeps predicting and says MLflow is unreachable."""
-    with contextlib.ExitStack() as stack:
-        tracking_server = mlflow_server(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
-        tracking = tracking_server.__enter__()
-        try:
-            models = register_models(tracking, "readmission-outage", tmp_path, candidates=("logistic_regression",))
-            url, process = api_process(tmp_path, tracking, models.model_name, poll_seconds=0.5)
-            stack.enter_context(process)
-            wait_http(f"{url}/ready", timeout=120)
-        finally:
-            tracking_server.__exit__(None, None, None)  # MLflow stops here
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and httpx.get(f"{url}/ready").json()["mlflow_reachable"]:
-            time.sleep(0.3)
-        ready = httpx.get(f"{url}/ready")
-        assert ready.status_code == 200 and ready.json()["mlflow_reachable"] is False
-        assert "MLflow unreachable" in ready.json()["last_error"]
-        for encounter in encounters[:20]:
-            answer = httpx.post(f"{url}/predict", json=encounter, headers=AUTH)
-            assert answer.status_code == 200 and answer.json()["model_version"] == "1"
-        text = httpx.get(f"{url}/metrics").text
-        assert "readmit_api_mlflow_up 0.0" in text
-        assert "readmit_api_mlflow_check_failures_total" in text
 
 
 # -- API keys ------------------------------------------------------------------------------------------

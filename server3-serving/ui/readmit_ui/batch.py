@@ -2,16 +2,17 @@
 
 The CSV has the raw format of ``diabetic_data.csv``: the contract's column names, ``?``
 (or an empty cell) for missing. Identifiers, the outcome (``readmitted``) and the fields
-with a default may be absent; any other column is kept in the output untouched. Rows are
-checked with the contract's validator first: rejected rows are reported with their
-reasons and not sent; the others are sent (their features only) in chunks.
+with a default may be absent; any other column is kept in the output untouched. The file is
+read by ``upload.read_upload`` (size, encodings, separators, header, ragged lines: its doc);
+rows are then checked with the contract's validator: rejected rows are reported with their
+row and line numbers and reasons and not sent; the others are sent (their features only) in
+chunks of at most the API's batch size, with progress.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -21,10 +22,14 @@ from readmit_contract.encounter import json_encounters
 from readmit_contract.validate import REASON
 
 from .client import ApiClient
+from .upload import ParsedCsv, read_upload
 
 SCORE_COLUMNS = ("probability", "risk_band", "scored", "reason", "model_version")
 """Columns appended to the uploaded rows."""
 MAX_CHUNK = 1000
+DEFAULT_LIMIT_BYTES = 25 * 1024 * 1024
+"""Largest upload read when no limit is given (the page passes its configured one)."""
+REJECTED_COLUMNS = ("row", "line", REASON)
 
 
 @dataclass(frozen=True)
@@ -32,19 +37,22 @@ class BatchResult:
     scored: pd.DataFrame
     """Every uploaded row, its columns as uploaded, then ``SCORE_COLUMNS`` (rejected rows: not scored)."""
     rejected: pd.DataFrame
-    """One line per row the contract rejected: ``row`` (1 = first data row), ``reason``."""
+    """One line per row not sent: ``row`` (1 = first data row), ``line`` (in the file), ``reason``; rows that could
+    not be read (not in ``scored``) and rows the contract rejected."""
+    n_sent: int = 0
+    """Rows sent to the API."""
+    n_unreadable: int = 0
+    """Rows of the file that could not be read (in ``rejected``, not in ``scored``)."""
+    notes: list[str] = field(default_factory=list)
+    """How the file was read (encoding, columns not sent, defaults used), for the page."""
 
     @property
-    def n_sent(self) -> int:
-        return len(self.scored) - len(self.rejected)
+    def n_rows(self) -> int:
+        """Data rows of the file."""
+        return len(self.scored) + self.n_unreadable
 
     def to_csv(self) -> bytes:
         return self.scored.to_csv(index=False).encode("utf-8")
-
-
-def read_csv(data: bytes) -> pd.DataFrame:
-    """The uploaded bytes as text cells, exactly as written (no NA guessing)."""
-    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8-sig")
 
 
 def _for_validation(frame: pd.DataFrame) -> pd.DataFrame:
@@ -71,17 +79,23 @@ def encounters_of(valid: pd.DataFrame) -> list[dict[str, Any]]:
 
 def score_frame(frame: pd.DataFrame, client: ApiClient, chunk_size: int = MAX_CHUNK,
                 progress: Callable[[int, int], None] | None = None) -> BatchResult:
-    """Validate, send the valid rows in chunks, and append the predictions to ``frame``."""
+    """Validate, send the valid rows in chunks, and append the predictions to ``frame`` (rows numbered from 1)."""
+    return score_parsed(ParsedCsv.of_frame(frame), client, chunk_size, progress)
+
+
+def score_parsed(parsed: ParsedCsv, client: ApiClient, chunk_size: int = MAX_CHUNK,
+                 progress: Callable[[int, int], None] | None = None) -> BatchResult:
+    """Validate the rows read, send the valid ones in chunks, and append the predictions to them."""
     chunk_size = max(1, min(chunk_size, MAX_CHUNK))
-    frame = frame.reset_index(drop=True)
+    frame = parsed.frame.reset_index(drop=True)
     checked = validate(_for_validation(frame))
-    encounters = encounters_of(checked.valid)
+    valid = checked.valid
     predictions: list[dict[str, Any]] = []
-    for start in range(0, len(encounters), chunk_size):
-        answer = client.predict_batch(encounters[start:start + chunk_size])
+    for start in range(0, len(valid), chunk_size):  # JSON bodies a chunk at a time: memory stays flat
+        answer = client.predict_batch(encounters_of(valid.iloc[start:start + chunk_size]))
         predictions += answer["predictions"]
         if progress:
-            progress(len(predictions), len(encounters))
+            progress(len(predictions), len(valid))
 
     scored = frame.drop(columns=[c for c in SCORE_COLUMNS if c in frame.columns])
     scored["probability"] = pd.Series(float("nan"), index=scored.index, dtype="float64")
@@ -97,11 +111,19 @@ def score_frame(frame: pd.DataFrame, client: ApiClient, chunk_size: int = MAX_CH
     scored.loc[checked.rejected.index, "reason"] = "rejected by the contract: " + checked.rejected[REASON]
     scored = scored[[*frame.columns.drop(list(SCORE_COLUMNS), errors="ignore"), *SCORE_COLUMNS]]
 
-    rejected = pd.DataFrame({"row": checked.rejected.index + 1, REASON: checked.rejected[REASON].to_numpy()})
-    return BatchResult(scored=scored, rejected=rejected.reset_index(drop=True))
+    positions = checked.rejected.index.to_numpy()
+    by_contract = pd.DataFrame({"row": [parsed.rows[i] for i in positions],
+                                "line": [parsed.lines[i] for i in positions],
+                                REASON: checked.rejected[REASON].to_numpy()})
+    rejected = pd.concat([parsed.unreadable, by_contract], ignore_index=True) if len(parsed.unreadable) else by_contract
+    rejected = rejected.astype({"row": "int64", "line": "int64"}).sort_values("row", kind="stable")
+    return BatchResult(scored=scored, rejected=rejected[list(REJECTED_COLUMNS)].reset_index(drop=True),
+                       n_sent=len(valid), n_unreadable=len(parsed.unreadable), notes=list(parsed.notes))
 
 
 def score_csv(data: bytes, client: ApiClient, chunk_size: int = MAX_CHUNK,
-              progress: Callable[[int, int], None] | None = None) -> BatchResult:
-    """CSV bytes (raw format) -> every row with its prediction, and the rows the contract rejected."""
-    return score_frame(read_csv(data), client, chunk_size, progress)
+              progress: Callable[[int, int], None] | None = None,
+              limit_bytes: int = DEFAULT_LIMIT_BYTES) -> BatchResult:
+    """CSV bytes (raw format) -> every readable row with its prediction, and the rows not sent with the reason
+    (``upload.UploadRefused`` when the file cannot be scored at all)."""
+    return score_parsed(read_upload(data, limit_bytes), client, chunk_size, progress)

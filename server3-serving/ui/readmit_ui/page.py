@@ -7,7 +7,6 @@ Deploy with STREAMLIT_CLIENT_SHOW_ERROR_DETAILS=none as well, so Streamlit itsel
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,9 +21,10 @@ from readmit_contract import SchemaMismatchError
 from readmit_contract.columns import Column
 
 from . import form, login
-from .batch import BatchResult, read_csv, score_frame
+from .batch import BatchResult, score_parsed
 from .client import REJECTED, ApiClient, ApiRejected, ApiUnavailable, FieldError, Readiness
 from .settings import UISettings
+from .upload import MIB, UploadRefused, read_upload, size_refusal
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class Outcome:
     result: Any = None
     errors: list[FieldError] = field(default_factory=list)
     down: str | None = None
+    refused: str | None = None
+    """Why an uploaded file cannot be scored at all (a sentence from ``upload``)."""
 
 
 def main() -> None:
@@ -80,7 +82,7 @@ def page(settings: UISettings) -> None:
         with one:
             single_encounter(client)
         with many:
-            many_encounters(client, settings.api_batch_size)
+            many_encounters(client, settings.api_batch_size, upload_limit_mb(settings))
 
 
 # -- sidebar ---------------------------------------------------------------------------------------
@@ -192,24 +194,36 @@ def single_encounter(client: ApiClient) -> None:
 
 # -- many encounters ---------------------------------------------------------------------------------
 
-def many_encounters(client: ApiClient, chunk_size: int) -> None:
+def upload_limit_mb(settings: UISettings) -> int:
+    """The page's limit, never above the size Streamlit's server accepts (``server.maxUploadSize``)."""
+    return max(1, min(settings.max_upload_mb, int(st.get_option("server.maxUploadSize"))))
+
+
+def many_encounters(client: ApiClient, chunk_size: int, limit_mb: int) -> None:
     st.markdown(
         "Upload a CSV in the format of `diabetic_data.csv` (the contract's column names, `?` or empty for "
-        "missing). Identifiers, `readmitted` and other extra columns are kept in the output, not sent. "
-        f"Rows are checked against the contract, then scored in chunks of {chunk_size:,}."
+        "missing), in UTF-8 (UTF-16 with a byte-order mark is read too), comma-separated (semicolons or tabs "
+        f"are recognised), up to {limit_mb:,} MB. Identifiers, `readmitted` and other extra columns are kept in "
+        f"the output, not sent. Rows are checked against the contract, then scored in chunks of {chunk_size:,}."
     )
-    upload = st.file_uploader("CSV of encounters", type=["csv"], key="csv")
+    upload = st.file_uploader("CSV of encounters", type=["csv"], key="csv", max_upload_size=limit_mb)
     if upload is None:
         return
-    data = upload.getvalue()
-    digest = hashlib.sha256(data).hexdigest()
+    too_big = size_refusal(upload.size, limit_mb * MIB)
+    if too_big:  # refused from its size alone: nothing of it is read
+        st.session_state.pop("batch", None)
+        st.error(too_big)
+        return
     if st.button(f"Score {upload.name}", type="primary", key="score"):
-        st.session_state["batch"] = (digest, score_upload(data, client, chunk_size))
+        st.session_state["batch"] = (upload.file_id, score_upload(upload.getvalue(), client, chunk_size,
+                                                                  limit_mb * MIB))
     stored = st.session_state.get("batch")
-    if stored is None or stored[0] != digest:
+    if stored is None or stored[0] != upload.file_id:
         return
     outcome: Outcome = stored[1]
-    if outcome.down:
+    if outcome.refused:
+        st.error(outcome.refused)
+    elif outcome.down:
         st.error(outcome.down)
     elif outcome.errors:
         show_field_errors("The file cannot be scored:", outcome.errors)
@@ -217,18 +231,18 @@ def many_encounters(client: ApiClient, chunk_size: int) -> None:
         show_batch(outcome.result, PurePath(upload.name).stem)
 
 
-def score_upload(data: bytes, client: ApiClient, chunk_size: int) -> Outcome:
+def score_upload(data: bytes, client: ApiClient, chunk_size: int, limit_bytes: int) -> Outcome:
     try:
-        frame = read_csv(data)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return Outcome(errors=[FieldError("file", "not a readable CSV file (UTF-8 text, a header row, "
-                                                  "comma-separated)")])
-    bar = st.progress(0.0, text=f"Scoring {len(frame):,} rows…")
+        parsed = read_upload(data, limit_bytes)
+    except UploadRefused as exc:
+        log.info("CSV upload refused: %s", exc)
+        return Outcome(refused=str(exc))
+    bar = st.progress(0.0, text=f"Checking {parsed.n_records:,} rows against the contract…")
     try:
-        return Outcome(result=score_frame(frame, client, chunk_size, progress=lambda done, total: bar.progress(
+        return Outcome(result=score_parsed(parsed, client, chunk_size, progress=lambda done, total: bar.progress(
             done / total, text=f"{done:,} of {total:,} valid rows scored")))
     except SchemaMismatchError as exc:
-        return Outcome(errors=[FieldError("columns", f"the file lacks required column(s): {', '.join(exc.missing)}")])
+        return Outcome(refused=f"The file lacks required column(s) of the contract: {', '.join(exc.missing)}.")
     except ApiRejected as exc:
         return Outcome(errors=exc.errors)
     except ApiUnavailable as exc:
@@ -241,13 +255,17 @@ def show_batch(result: BatchResult, stem: str) -> None:
     scored = result.scored
     n_scored = int(scored["scored"].sum())
     out_of_scope = result.n_sent - n_scored
-    st.success(f"{len(scored):,} rows: {n_scored:,} scored, {out_of_scope:,} out of scope (not scored), "
-               f"{len(result.rejected):,} rejected by the contract (not sent).")
+    by_contract = len(result.rejected) - result.n_unreadable
+    unreadable = f", {result.n_unreadable:,} unreadable (not sent)" if result.n_unreadable else ""
+    st.success(f"{result.n_rows:,} rows: {n_scored:,} scored, {out_of_scope:,} out of scope (not scored), "
+               f"{by_contract:,} rejected by the contract (not sent){unreadable}.")
+    for note in result.notes:
+        st.caption(note)
     if n_scored:
         bands = scored["risk_band"].value_counts().reindex(list(BAND_COLOURS), fill_value=0)
         st.markdown("  ·  ".join(f":{BAND_COLOURS[b]}-badge[{b}] {n:,}" for b, n in bands.items()))
     if len(result.rejected):
-        st.warning(f"{len(result.rejected):,} row(s) rejected by the contract (row 1 = first data row):")
+        st.warning(f"{len(result.rejected):,} row(s) rejected, not sent (row 1 = first data row; line: in the file):")
         st.dataframe(result.rejected, hide_index=True, width="stretch")
     st.download_button("Download the scored CSV", data=result.to_csv(), file_name=f"{stem}-scored.csv",
                        mime="text/csv", key="download", on_click="ignore")

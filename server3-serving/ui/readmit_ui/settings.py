@@ -20,6 +20,11 @@ class UISettings(BaseSettings):
     """Longest wait for one API answer (a batch chunk included)."""
     api_batch_size: int = Field(1000, ge=1, le=1000, validation_alias="API_BATCH_SIZE")
     """Most encounters per POST /predict/batch (at most the API's MAX_BATCH_SIZE)."""
+    max_upload_mb: int = Field(25, ge=1, le=200, validation_alias="STREAMLIT_SERVER_MAX_UPLOAD_SIZE")
+    """Largest CSV the page scores, in MB (MiB). The variable Streamlit itself reads for ``server.maxUploadSize``
+    (the size its server accepts): set once where the UI starts, the server, the uploader and the page agree.
+    25 MB holds ~140,000 encounters (diabetic_data.csv: 18 MB, 101,766); the default is the page's even when
+    Streamlit's own default (200 MB) applies."""
     api_key: SecretStr | None = Field(None, validation_alias="API_KEY")
     """The UI's own key for the API (its entry in the API's API_KEYS)."""
     ui_username: str | None = Field(None, validation_alias="UI_USERNAME")

@@ -2,19 +2,27 @@
 to answer with it, loaded once per version; and the holder that swaps versions atomically.
 
 A version is loaded only from a local folder whose artifact passed the contract's checks
-(``readmit_contract.artifact``): the checksum recorded at training, skops format, allowed types."""
+(``readmit_contract.artifact``): the checksum recorded at training, skops format, allowed types.
+Once loaded it must pass a smoke test before it may serve: score the contract's example encounter
+(one row, and a batch, the two paths of ``LoadedModel.predict``) with finite probabilities in [0, 1].
+A verified artifact that cannot be deserialised (``unloadable``) or a model that fails the smoke test
+(``predict_failed``) is refused like a tampered one: ``ArtifactRefused`` with one of ``SERVING_REFUSAL_CODES``.
+A download that fails (MLflow or the artifact store away) is not a refusal: it raises as it came."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from readmit_contract.artifact import load_verified
+from readmit_contract import Encounter, example_encounter
+from readmit_contract.artifact import DIGEST_TAG, ArtifactRefused, load_verified, verify_artifact
 from readmit_contract.target import excluded_reason, is_scorable
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -22,6 +30,11 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from .fast_trees import StackedTrees
 
 RISK_BANDS = ("low", "medium", "high")
+SERVING_REFUSAL_CODES: tuple[str, ...] = ("unloadable", "predict_failed")
+"""Refusals decided by serving once the artifact passed the contract's checks (beside ``REFUSAL_CODES``)."""
+UNLOADABLE = "its model file passed the integrity checks but cannot be loaded"
+PREDICT_FAILED = "it cannot score the contract's example encounter"
+NOT_PROBABILITIES = "its answers for the contract's example encounter are not probabilities between 0 and 1"
 STACKED_MAX_ROWS = 16
 """Up to this many rows the stacked trees are faster (~0.2 ms for 1 row vs ~2 ms); above, scikit-learn's loop."""
 
@@ -104,29 +117,65 @@ def stack_if_equal(pipeline: Any, rows: int = 500) -> StackedTrees | None:
     return stacked if np.allclose(actual, expected, rtol=0, atol=1e-9) else None
 
 
+def _load_pipeline(client: Any, name: str, version: str, tags: dict[str, str], folder: Path,
+                   tracking_uri: str | None) -> Any:
+    """``load_verified``, with a verified artifact that does not deserialise refused (``unloadable``): a failure
+    whose folder still passes every check is the model's, anything else (a download cut short) is raised as is."""
+    try:
+        return load_verified(client, name, version, tags, folder, tracking_uri)
+    except ArtifactRefused:
+        raise
+    except Exception as exc:
+        try:
+            verify_artifact(folder, tags.get(DIGEST_TAG))
+        except Exception:  # noqa: BLE001 - not (fully) downloaded: the failure was the download's
+            raise exc from None
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ArtifactRefused("unloadable", UNLOADABLE, f"{type(exc).__name__}: {exc}") from exc
+
+
+def smoke_records() -> list[dict[str, Any]]:
+    """The contract's example encounter as the API hands it to a model (``Encounter.to_record``)."""
+    return [Encounter.model_validate(example_encounter()).to_record()]
+
+
+def smoke_test(model: LoadedModel) -> None:
+    """Score the contract's example encounter alone and in a batch (the stacked trees' path and scikit-learn's);
+    ``ArtifactRefused`` (``predict_failed``) unless each answer is a finite probability."""
+    record = smoke_records()[0]
+    for records in ([record], [record] * (STACKED_MAX_ROWS + 1)):
+        try:
+            probabilities = np.asarray(model.predict(records), dtype="float64")
+        except Exception as exc:
+            raise ArtifactRefused("predict_failed", PREDICT_FAILED, f"{type(exc).__name__}: {exc}") from exc
+        if (probabilities.shape != (len(records),) or not np.isfinite(probabilities).all()
+                or (probabilities < 0).any() or (probabilities > 1).any()):
+            raise ArtifactRefused("predict_failed", NOT_PROBABILITIES, f"{len(records)} record(s) -> "
+                                  f"{probabilities.ravel()[:5]!r}, shape {probabilities.shape}")
+
+
 def load_version(client: Any, name: str, version: str, alias: str, cache_dir: str | None = None,
                  tracking_uri: str | None = None) -> LoadedModel:
-    """Download (into ``cache_dir``/NAME/VERSION, else a temporary folder), verify and load one registered
-    version, with its threshold and metrics from its run. Raises ``ArtifactRefused`` for a version that must
-    not be served."""
+    """Download (into ``cache_dir``/NAME/VERSION, else a temporary folder), verify, load and smoke-test one
+    registered version, with its threshold and metrics from its run. Raises ``ArtifactRefused`` for a version
+    that must not be served."""
     model_version = client.get_model_version(name, version)
     tags = dict(model_version.tags)
     if cache_dir:
-        pipeline = load_verified(client, name, version, tags, Path(cache_dir) / name / str(version),
-                                 tracking_uri)
+        folder = Path(cache_dir) / name / str(version)
+        pipeline = _load_pipeline(client, name, version, tags, folder, tracking_uri)
     else:
+        folder = None
         with tempfile.TemporaryDirectory(prefix="readmit-model-") as tmp:
-            pipeline = load_verified(client, name, version, tags, Path(tmp) / "model", tracking_uri)
+            pipeline = _load_pipeline(client, name, version, tags, Path(tmp) / "model", tracking_uri)
     pipeline = single_threaded(pipeline)
     run = client.get_run(model_version.run_id)
     metrics = dict(run.data.metrics)
     for key, value in tags.items():
         if key.startswith("test_"):
-            try:
+            with contextlib.suppress(ValueError):
                 metrics[key] = float(value)
-            except ValueError:
-                pass
-    return LoadedModel(
+    model = LoadedModel(
         pipeline=pipeline,
         name=name,
         version=str(version),
@@ -135,8 +184,21 @@ def load_version(client: Any, name: str, version: str, alias: str, cache_dir: st
         threshold=float(metrics.get("threshold", 0.5)),
         base_rate=float(metrics.get("train_positive_rate", 0.11)),
         metrics=metrics,
-        stacked=stack_if_equal(pipeline),
     )
+    try:
+        smoke_test(model)  # before the stacked trees: they are built by scoring 500 encounters
+        try:
+            stacked = stack_if_equal(pipeline)
+        except Exception as exc:
+            raise ArtifactRefused("predict_failed", PREDICT_FAILED, f"{type(exc).__name__}: {exc}") from exc
+        if stacked is not None:
+            model = replace(model, stacked=stacked)
+            smoke_test(model)
+    except ArtifactRefused:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing refused stays in the cache
+        raise
+    return model
 
 
 class ModelHolder:

@@ -2,11 +2,15 @@
 
 Every ``MODEL_POLL_SECONDS`` it asks where the alias points; when the version
 changed it downloads the new one, checks it (``readmit_contract.artifact``: the checksum
-recorded at training, skops format, allowed types), loads it and swaps it in. A version
-that fails the checks is refused: the previous model keeps serving, ``/ready`` says why,
-``readmit_api_model_refusals_total`` counts it, and it is not downloaded again until the
-alias moves. If MLflow cannot be reached, the API keeps serving the model it has, reports
-it (``/ready`` body, ``readmit_api_mlflow_up``), and tries again at the next tick.
+recorded at training, skops format, allowed types), loads it, smoke-tests it on the
+contract's example encounter (``model.smoke_test``) and only then swaps it in. A version
+that fails the checks, cannot be deserialised or fails the smoke test is refused: the
+previous model keeps serving, ``/ready`` says why (``refused_version``, ``refusal``),
+``readmit_api_model_refusals_total{reason}`` counts it, and it is not downloaded again until
+the alias moves. A download that fails (MLflow or its store away) is no refusal: tried again
+at the next tick. If MLflow cannot be reached, the API keeps serving the model it has, reports
+it (``/ready`` body, ``readmit_api_mlflow_up``), and tries again at the next tick; once MLflow
+answers again it follows the alias as before, without a restart.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from dataclasses import dataclass
 from readmit_contract.artifact import ArtifactRefused
 
 from . import metrics
-from .model import ModelHolder, load_version
+from .model import SERVING_REFUSAL_CODES, ModelHolder, load_version
 
 log = logging.getLogger(__name__)
+
+for _reason in SERVING_REFUSAL_CODES:  # exported at 0 from the start, as the artifact checks' reasons are
+    metrics.MODEL_REFUSALS.labels(reason=_reason)
 
 
 CREDENTIAL_ERRORS = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
@@ -55,10 +62,11 @@ class WatcherStatus:
     last_error: str | None = None
     alias_version: str | None = None
     refused_version: str | None = None
-    """The version the alias points at, refused by the artifact checks (not downloaded again until the alias
-    moves)."""
+    """The version the alias points at, refused by the artifact checks, its loading or its smoke test (not
+    downloaded again until the alias moves)."""
     refusal: str | None = None
-    """Why, as a short code (``readmit_contract.artifact.REFUSAL_CODES``)."""
+    """Why, as a short code (``readmit_contract.artifact.REFUSAL_CODES``, or ``model.SERVING_REFUSAL_CODES``: the
+    model cannot be loaded or fails the smoke test)."""
 
 
 class ModelWatcher:
