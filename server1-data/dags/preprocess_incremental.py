@@ -3,17 +3,21 @@
 
 Cleans what the raw-load notebook put into **RawData**:
 
-1. `find_pending_batches` — raw batches (validation, test, train-NNNN) not yet in CleanData's lineage;
+1. `find_pending_batches` — raw batches (validation, test, train-NNNN, and `unreadable` when the source
+   had lines that are not rows) not yet in CleanData's lineage;
 2. `preprocess_batch` (one mapped task per batch) — validates the rows with the shared contract
-   (rejected rows go to `rejected_rows` with their reasons), applies the contract's cleaning
+   (rejected rows go to `rejected_rows` with their reasons and source lines: values the contract refuses,
+   over-long values, an encounter_id already clean in another batch — ids normalised, `0123` is `123` —
+   and the source's unreadable lines), applies the contract's cleaning
    (hospice/expired excluded, `?` to NULL, target `readmitted_30d`) and writes the clean rows and a
    `batch_lineage` record in one transaction;
 3. `publish` — updates the `clean_encounters` Asset when anything new was cleaned, which triggers
    `train_and_register`.
 
 Retries come from Airflow's `AIRFLOW__CORE__DEFAULT_TASK_RETRIES` / `..._RETRY_DELAY` (2 / 30 s in the
-cluster). Idempotent: with nothing new, nothing changes; a failed task leaves no partial batch and a re-run
-picks up exactly what is still pending. Stores: `RAW_DB_URL`, `CLEAN_DB_URL`.
+cluster). Idempotent: with nothing new, nothing changes; a failed task (the database gone mid-batch
+included) leaves no partial batch and a re-run picks up exactly what is still pending.
+Stores: `RAW_DB_URL`, `CLEAN_DB_URL`.
 """
 
 from __future__ import annotations

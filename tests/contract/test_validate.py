@@ -1,8 +1,7 @@
 import pandas as pd
 import pytest
-
 from readmit_contract import SchemaMismatchError, validate
-from readmit_contract.columns import COLUMN_NAMES, INTEGER_COLUMNS
+from readmit_contract.columns import COLUMN_NAMES, COLUMNS, INTEGER_COLUMNS, TEXT_MAX_LENGTH
 from readmit_contract.validate import (
     BAD_FORMAT,
     DUPLICATE,
@@ -10,7 +9,9 @@ from readmit_contract.validate import (
     NOT_ALLOWED,
     OUT_OF_RANGE,
     REASON,
+    TOO_LONG,
     WRONG_TYPE,
+    canonical_ids,
 )
 
 
@@ -69,6 +70,33 @@ def test_duplicate_encounter_keeps_the_first(synthetic_frame):
     result = validate(frame)
     assert list(result.rejected.index) == [7]
     assert DUPLICATE in result.rejected.loc[7, REASON]
+
+
+def test_ids_are_normalised_once_here(synthetic_frame):
+    """0123 and 123 are one id: the duplicate is found, the typed rows carry the integer, the rejected
+    row keeps the text as received."""
+    frame = synthetic_frame.head(10).copy()
+    frame.loc[7, "encounter_id"] = "000" + frame.loc[2, "encounter_id"]
+    frame.loc[4, "patient_nbr"] = "0" + frame.loc[4, "patient_nbr"]
+    result = validate(frame)
+    assert list(result.rejected.index) == [7]
+    assert result.rejected.loc[7, REASON] == f"encounter_id: {DUPLICATE} ('{frame.loc[2, 'encounter_id']}')"
+    assert result.rejected.loc[7, "encounter_id"] == frame.loc[7, "encounter_id"]  # as received
+    assert result.valid.loc[4, "patient_nbr"] == int(frame.loc[4, "patient_nbr"])
+    assert canonical_ids(pd.Series(["0456", "456", "000", "abc", "-05", "?"])).tolist() == [
+        "456", "456", "0", "abc", "-05", "?"]
+
+
+def test_an_over_long_text_value_is_rejected_with_its_reason(synthetic_frame):
+    frame = synthetic_frame.head(6).copy()
+    frame.loc[1, "medical_specialty"] = "Surgery" + "x" * TEXT_MAX_LENGTH  # the shape is fine, the length is not
+    frame.loc[2, "race"] = "A" * 300
+    frame.loc[3, "payer_code"] = "P" * TEXT_MAX_LENGTH  # exactly the maximum: legal
+    result = validate(frame)
+    assert list(result.rejected.index) == [1, 2]
+    assert result.rejected.loc[1, REASON].startswith(f"medical_specialty: {TOO_LONG} (max {TEXT_MAX_LENGTH})")
+    assert f"race: {TOO_LONG} (max {TEXT_MAX_LENGTH})" in result.rejected.loc[2, REASON]
+    assert all(c.max_length == TEXT_MAX_LENGTH for c in COLUMNS if not c.is_integer)
 
 
 def test_new_open_category_values_are_legal(synthetic_frame):

@@ -1,12 +1,11 @@
 """preprocess_incremental run for real with `airflow dags test`, after notebook loads."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-import json
 import pytest
-
 from readmit_data.assets import CLEAN_ENCOUNTERS_ASSET
 from readmit_data.loading import SplitPlan, load, raw_counts
 from readmit_data.preprocessing import clean_counts, lineage_table
@@ -23,7 +22,7 @@ from ..airflow_support import (
     task_states,
     unpause,
 )
-from .conftest import BATCH_SIZE, SOURCE
+from .conftest import BATCH_SIZE, SOURCE, add_refusal, drop_refusal
 from .test_notebook import _run as run_notebook
 
 pytestmark = pytest.mark.slow
@@ -116,10 +115,7 @@ def test_preprocess_incremental_runs_for_real(airflow_template, tmp_path, store_
 
 def test_failed_task_then_rerun(airflow_template, tmp_path, source_frame):
     """A batch that fails leaves nothing; the next run cleans exactly what is pending."""
-    import pandas as pd
-
     from readmit_contract import clean, validate
-    from readmit_data.stores import clean_encounters
 
     raw_url, clean_url = f"sqlite:///{tmp_path / 'raw.db'}", f"sqlite:///{tmp_path / 'clean.db'}"
     home = clone_home(airflow_template, tmp_path / "airflow")
@@ -127,20 +123,16 @@ def test_failed_task_then_rerun(airflow_template, tmp_path, source_frame):
     with engines(raw_url, clean_url) as (raw, clean_store):
         load(raw, source_frame, source=SOURCE, batch_size=BATCH_SIZE, seed=42, progress=False)
         plan = SplitPlan.of(source_frame, BATCH_SIZE, 42)
-        blocker = clean(validate(plan.train_batch(1).iloc[1000:]).valid).clean.iloc[[0]]
-        blocker = blocker.assign(split="train", batch_id="blocker", cleaned_at=pd.Timestamp("2026-01-01"))
-        with clean_store.begin() as conn:
-            conn.execute(clean_encounters.insert(), blocker.astype(object).where(blocker.notna(), None).to_dict("records"))
+        victim = clean(validate(plan.train_batch(1).iloc[1000:]).valid).clean["encounter_id"].iloc[0]
+        refusal = add_refusal(clean_store, "clean_encounters", int(victim))  # the database refuses one row
 
     failed = dags_test(home, "preprocess_incremental", env)
     assert failed.returncode != 0
     assert "DagRun failed" in failed.stdout + failed.stderr
     with engines(raw_url, clean_url) as (_, clean_store):
         assert set(lineage_table(clean_store)["batch_id"]) == {"validation", "test"}
-        assert set(clean_counts(clean_store)) == {"validation", "test", "train"}
-        assert clean_counts(clean_store)["train"] == 1  # only the blocker: no partial train-0001
-        with clean_store.begin() as conn:
-            conn.execute(clean_encounters.delete().where(clean_encounters.c.batch_id == "blocker"))
+        assert set(clean_counts(clean_store)) == {"validation", "test"}  # no partial train-0001
+        drop_refusal(clean_store, refusal)
 
     rerun = dags_test(home, "preprocess_incremental", env)
     assert rerun.returncode == 0, rerun.stdout[-3000:]

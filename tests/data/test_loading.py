@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
-
+from readmit_contract.validate import canonical_ids
 from readmit_data.loading import (
+    LoadError,
     SourceMismatchError,
     SplitPlan,
     assign_splits,
@@ -12,9 +12,10 @@ from readmit_data.loading import (
     raw_counts,
     read_source,
 )
-from readmit_data.stores import raw_batches, raw_encounters
+from readmit_data.stores import engines, raw_batches, raw_encounters
+from sqlalchemy import func, select
 
-from .conftest import BATCH_SIZE, SOURCE
+from .conftest import BATCH_SIZE, SOURCE, refusing
 
 
 def _load(raw, frame, **kwargs):
@@ -92,20 +93,79 @@ def test_failure_mid_batch_leaves_no_partial_batch(stores, source_frame):
 
 
 def test_database_error_mid_batch_rolls_back(stores, source_frame):
-    """A row the database refuses (a duplicate key in the middle of the batch) undoes the whole batch."""
+    """A row the database refuses in the middle of the batch undoes the whole batch; once the database takes
+    it, the same batch loads whole."""
     raw, _ = stores
-    broken = source_frame.copy()
-    plan = SplitPlan.of(broken, BATCH_SIZE, 42)
-    train_ids = plan.rows("train")["encounter_id"]
-    # in batch 1, the 1500th train row repeats the id of the 10th
-    broken.loc[train_ids.index[1499], "encounter_id"] = train_ids.iloc[9]
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
-        load(raw, broken, source=SOURCE, batch_size=BATCH_SIZE, seed=42, progress=False)
+    plan = SplitPlan.of(source_frame, BATCH_SIZE, 42)
+    _load(raw, source_frame)  # validation, test, train-0001
+    victim = plan.train_batch(2)["encounter_id"].iloc[1499]  # the 1500th row of train-0002
+    with refusing(raw, "raw_encounters", victim), pytest.raises(LoadError, match="refused by the test trigger") as err:
+        _load(raw, source_frame)
+    assert "train-0002 not loaded" in str(err.value) and "re-running the load completes it" in str(err.value)
     with raw.connect() as conn:
         in_train = conn.execute(select(func.count()).where(raw_encounters.c.split == "train")).scalar_one()
         batches = set(conn.execute(select(raw_batches.c.batch_id)).scalars())
-    assert in_train == 0
-    assert "train-0001" not in batches
+    assert in_train == BATCH_SIZE
+    assert "train-0002" not in batches
+    (report,) = _load(raw, source_frame)
+    assert report.batch_id == "train-0002" and report.rows_added == BATCH_SIZE
+
+
+def _stored_train_ids(raw) -> list[str]:
+    with raw.connect() as conn:
+        query = select(raw_encounters.c.encounter_id).where(raw_encounters.c.split == "train")
+        return list(conn.execute(query.order_by(raw_encounters.c.row_id)).scalars())
+
+
+def test_a_changed_batch_size_never_skips_or_repeats_rows(stores, source_frame):
+    """1,500 then 3,000 then all the rest (at 2,000): every train row exactly once, in source order."""
+    raw, _ = stores
+    train = SplitPlan.of(source_frame, BATCH_SIZE, 42).rows("train")
+    load(raw, source_frame, source=SOURCE, batch_size=1_500, progress=False)
+    load(raw, source_frame, source=SOURCE, batch_size=3_000, progress=False)
+    rest = load(raw, source_frame, source=SOURCE, batch_size=2_000, batch="all", progress=False)
+    assert _stored_train_ids(raw) == list(train["encounter_id"])
+    table = loaded_batches(raw)
+    table = table[table["split"] == "train"].sort_values("batch_number")
+    first_rows, sizes = list(table["first_row"].astype(int)), list(table["rows"].astype(int))
+    assert sizes[:2] == [1_500, 3_000] and all(n == 2_000 for n in sizes[2:-1]) and 0 < sizes[-1] <= 2_000
+    assert first_rows == [sum(sizes[:i]) for i in range(len(sizes))] and sum(sizes) == len(train)
+    assert list(table["batch_id"]) == [f"train-{n:04d}" for n in range(1, len(sizes) + 1)]
+    assert [r.batch_id for r in rest] == list(table["batch_id"])[2:]
+
+    # an explicit number names a recorded batch; there is no batch after the last row
+    (again,) = load(raw, source_frame, source=SOURCE, batch=2, batch_size=500, progress=False)
+    assert again.already_loaded and again.batch_id == "train-0002"
+    with pytest.raises(ValueError, match="does not exist"):
+        load(raw, source_frame, source=SOURCE, batch=len(sizes) + 1, progress=False)
+    assert _stored_train_ids(raw) == list(train["encounter_id"])
+
+
+def test_an_explicit_batch_number_is_the_next_or_a_recorded_one(tmp_path, source_frame):
+    with engines(f"sqlite:///{tmp_path / 'raw.db'}", f"sqlite:///{tmp_path / 'clean.db'}") as (raw, _):
+        with pytest.raises(ValueError, match="numbered in load order"):
+            _load(raw, source_frame, batch=3)
+        assert [r.batch_id for r in _load(raw, source_frame, batch=1)] == ["validation", "test", "train-0001"]
+        (second,) = _load(raw, source_frame, batch="2")
+        assert second.batch_id == "train-0002" and second.rows_added == BATCH_SIZE
+        assert raw_counts(raw)["train"] == 2 * BATCH_SIZE
+
+
+def test_the_patient_split_hashes_the_normalised_patient_id(tmp_path, source_frame):
+    """456, 0456 and 000456 are one patient: one split, at the raw load too."""
+    ids = pd.Series(["456", "0456", "000456", "457", "0457"])
+    splits = assign_splits(ids, seed=42)
+    assert len(set(splits[:3])) == 1 and splits[3] == splits[4]
+    frame = source_frame.copy()
+    repeat = frame["patient_nbr"].duplicated(keep="first")  # later encounters of a patient get leading zeros
+    frame.loc[repeat, "patient_nbr"] = "00" + frame.loc[repeat, "patient_nbr"]
+    assert repeat.sum() > 500
+    with engines(f"sqlite:///{tmp_path / 'raw.db'}", f"sqlite:///{tmp_path / 'clean.db'}") as (raw, _):
+        load(raw, frame, source="zeros", batch="all", batch_size=BATCH_SIZE, seed=42, progress=False)
+        with raw.connect() as conn:
+            stored = pd.read_sql(select(raw_encounters.c.patient_nbr, raw_encounters.c.split), conn)
+    assert len(stored) == len(frame) and stored["patient_nbr"].str.startswith("00").sum() == repeat.sum()
+    assert stored.groupby(canonical_ids(stored["patient_nbr"]))["split"].nunique().max() == 1
 
 
 def test_another_source_is_refused(stores, source_frame):

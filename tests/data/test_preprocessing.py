@@ -2,11 +2,10 @@ import json
 
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
-
 from readmit_contract import TARGET, clean, validate
 from readmit_data.loading import SplitPlan, load
 from readmit_data.preprocessing import (
+    PreprocessError,
     clean_counts,
     lineage_table,
     pending_batches,
@@ -14,8 +13,9 @@ from readmit_data.preprocessing import (
     preprocess_pending,
 )
 from readmit_data.stores import clean_encounters, rejected_rows
+from sqlalchemy import func, select
 
-from .conftest import BATCH_SIZE, SOURCE
+from .conftest import BATCH_SIZE, SOURCE, refusing
 
 
 def _with_bad_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -90,13 +90,11 @@ def test_failed_batch_leaves_nothing_and_rerun_completes(stores, source_frame):
     load(raw, source_frame, source=SOURCE, batch_size=BATCH_SIZE, seed=42, progress=False)
     preprocess_batch(raw, clean_store, "validation")
     plan = SplitPlan.of(source_frame, BATCH_SIZE, 42)
-    # a clean row already holding an encounter of train-0001 makes its insert fail half-way
-    victim = clean(validate(plan.train_batch(1).iloc[1500:]).valid).clean.iloc[[0]]
-    conflict = victim.assign(split="train", batch_id="other", cleaned_at=pd.Timestamp("2026-01-01"))
-    with clean_store.begin() as conn:
-        conn.execute(clean_encounters.insert(), conflict.astype(object).where(conflict.notna(), None).to_dict("records"))
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
-        preprocess_batch(raw, clean_store, "train-0001")
+    # the database refuses a clean row of train-0001 half-way through its insert
+    victim = clean(validate(plan.train_batch(1).iloc[1500:]).valid).clean["encounter_id"].iloc[0]
+    with refusing(clean_store, "clean_encounters", int(victim)), pytest.raises(PreprocessError) as err:
+        preprocess_batch(raw, clean_store, "train-0001", insert_chunk=500)
+    assert "train-0001 not cleaned" in str(err.value) and "refused by the test trigger" in str(err.value)
     with clean_store.connect() as conn:
         partial = conn.execute(
             select(func.count()).where(clean_encounters.c.batch_id == "train-0001")
@@ -104,8 +102,7 @@ def test_failed_batch_leaves_nothing_and_rerun_completes(stores, source_frame):
     assert partial == 0
     assert "train-0001" in pending_batches(raw, clean_store)
 
-    with clean_store.begin() as conn:
-        conn.execute(clean_encounters.delete().where(clean_encounters.c.batch_id == "other"))
     done = preprocess_pending(raw, clean_store)
     assert [d.batch_id for d in done] == ["test", "train-0001"]
     assert pending_batches(raw, clean_store) == []
+    assert done[1].rows_out == len(clean(validate(plan.train_batch(1)).valid).clean)

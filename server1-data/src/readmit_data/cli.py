@@ -6,6 +6,10 @@
     readmit-data record-checksum [--version N]              tag a version registered before checksums
                                                             existed (default: the champion)
 
+A load streams its source (progress on a terminal, one line per batch otherwise); a malformed line
+is set aside with its line number, not a reason to stop. Errors (no data file, another source in
+the store, a store failing mid-batch) end the command with a one-line message and exit status 1.
+
 Store URLs and defaults come from the environment (RAW_DB_URL, CLEAN_DB_URL,
 DATA_SOURCE, BATCH_SIZE, SPLIT_SEED, DATA_CACHE_DIR; MLFLOW_TRACKING_URI, MODEL_NAME and MLflow's
 MLFLOW_TRACKING_USERNAME / _PASSWORD for record-checksum: the training identity).
@@ -16,22 +20,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .loading import load, raw_counts, read_source
-from .preprocessing import clean_counts, lineage_table, preprocess_pending
+from readmit_contract.dataset import DatasetError
+from readmit_contract.validate import SchemaMismatchError
+
+from .loading import LoadError, SourceMismatchError, load, open_source, raw_counts, unreadable_lines
+from .preprocessing import PreprocessError, clean_counts, lineage_table, preprocess_pending
 from .settings import DataSettings
-from .stores import engines
+from .stores import StoreMigrationError, engines
+
+EXPECTED_ERRORS = (DatasetError, SchemaMismatchError, SourceMismatchError, LoadError, PreprocessError,
+                   StoreMigrationError, ValueError)
+"""Failures that end a command with their message (exit status 1) instead of a traceback."""
 
 
 def _load(args: argparse.Namespace, settings: DataSettings) -> int:
     source = args.source or settings.data_source
-    frame = read_source(source, settings.data_cache_dir)
+    data = open_source(source, settings.data_cache_dir)
     with engines(settings.raw_db_url, settings.clean_db_url) as (raw, _):
         reports = load(
-            raw, frame, source=source, batch=args.batch, seed=settings.split_seed,
+            raw, data, source=source, batch=args.batch, seed=settings.split_seed,
             batch_size=settings.batch_size, progress=not args.quiet,
         )
         for report in reports:
-            print(report.message)
+            print(report.message, flush=True)
         print("RawData rows per split:", raw_counts(raw))
     return 0
 
@@ -53,6 +64,11 @@ def _preprocess(args: argparse.Namespace, settings: DataSettings) -> int:
 def _status(args: argparse.Namespace, settings: DataSettings) -> int:
     with engines(settings.raw_db_url, settings.clean_db_url) as (raw, clean_store):
         print("RawData rows per split:  ", raw_counts(raw))
+        unreadable = unreadable_lines(raw)
+        if len(unreadable):
+            first = unreadable.iloc[0]
+            print(f"RawData unreadable source lines: {len(unreadable)} "
+                  f"(first: line {first['source_line']}, {first['reason']})")
         print("CleanData rows per split:", clean_counts(clean_store))
         table = lineage_table(clean_store)
         if not table.empty:
@@ -99,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = DataSettings()
     handler = {"load": _load, "preprocess": _preprocess, "status": _status,
                "record-checksum": _record_checksum}[args.command]
-    return handler(args, settings)
+    try:
+        return handler(args, settings)
+    except EXPECTED_ERRORS as exc:
+        print(f"readmit-data {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,40 +1,73 @@
 """Raw loads into the RawData store: the patient split and the train batches.
 
-The first load assigns every encounter to train / validation / test (70/15/15) by
-patient, deterministically from a seed (a patient's split is a hash of seed and
-patient_nbr, so a patient never crosses splits), and stores validation and test
-whole. Train rows, in source order, are loaded in batches of ``batch_size`` rows
-(the last one smaller), one batch per run, as new data arriving over time.
+The source is streamed in chunks (``readmit_contract.reader``), never read whole, with a progress
+bar; a line that cannot be a row (ragged, bad quoting, not UTF-8, a field longer than the raw
+columns) is set aside with its line number and reason instead of stopping the load.
 
-Each batch is one transaction: a failure leaves no partial batch. Loading a batch
-that is already there adds 0 rows and says so.
+The first load assigns every encounter to train / validation / test (70/15/15) by patient,
+deterministically from a seed (a patient's split is a hash of seed and the normalised patient_nbr,
+so ``456`` and ``0456`` never cross splits), and stores validation and test whole, with the source's
+unreadable lines (batch ``unreadable``, table raw_rejected), in one transaction.
+
+Train rows, counted in source order, are loaded in batches, one batch per run, as new data arriving
+over time. A batch records the train rows it holds (``first_row``, ``rows``): "next" loads the next
+``batch_size`` train rows that no batch holds yet, so a batch size changed between runs changes the
+size of later batches, never which rows get loaded. An explicit batch number names a recorded batch
+(or the next one); batches are numbered in load order.
+
+Each batch is one transaction: a failure leaves no partial batch, and loading a batch that is
+already there adds 0 rows and says so. A load checks the source first: a store holding batches of
+another source (content fingerprint, computed while streaming) or another split seed is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from readmit_contract import dataset, synthetic
+from readmit_contract import dataset, reader, synthetic
 from readmit_contract.columns import COLUMN_NAMES
-from sqlalchemy import Engine, func, select
+from readmit_contract.reader import SOURCE_LINE, FrameSource, RawSource, RejectedLine
+from readmit_contract.validate import canonical_ids
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.exc import DBAPIError
 from tqdm.auto import tqdm
 
-from .stores import bulk_insert, create_raw_schema, db_timestamp, frame_rows, raw_batches, raw_encounters, utcnow
+from .stores import (
+    UNREADABLE,
+    bulk_insert,
+    create_raw_schema,
+    db_timestamp,
+    frame_rows,
+    raw_batches,
+    raw_encounters,
+    raw_rejected,
+    store_failure,
+    utcnow,
+)
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_FRACTIONS: tuple[float, ...] = (0.70, 0.15, 0.15)
 WHOLE_SPLITS: tuple[str, ...] = ("validation", "test")
 INSERT_CHUNK = 2_000
+READ_CHUNK = reader.CHUNK_ROWS
+TRAIN_ROW = "train_row"
+"""Column of a streamed chunk: the row's index among the source's train rows (-1 for other splits)."""
 
 
 class SourceMismatchError(RuntimeError):
     """The store holds batches of another source or split seed than this load's."""
+
+
+class LoadError(RuntimeError):
+    """The store failed while a batch was being written. A batch is all or nothing, so re-running the
+    load completes it (a batch whose commit went through is found loaded)."""
 
 
 def train_batch_id(number: int) -> str:
@@ -42,32 +75,68 @@ def train_batch_id(number: int) -> str:
 
 
 def assign_splits(patient_nbr: pd.Series, seed: int) -> np.ndarray:
-    """Split name per row, from a seeded hash of patient_nbr (same patient, same split)."""
+    """Split name per row, from a seeded hash of the normalised patient_nbr (same patient, same split)."""
     key = hashlib.sha256(str(seed).encode()).hexdigest()[:16]
-    hashed = pd.util.hash_pandas_object(patient_nbr.astype("str"), index=False, hash_key=key).to_numpy()
+    hashed = pd.util.hash_pandas_object(canonical_ids(patient_nbr), index=False, hash_key=key).to_numpy()
     u = hashed / float(2**64)
     bounds = np.cumsum(SPLIT_FRACTIONS)[:-1]
     return np.asarray(SPLITS, dtype=object)[np.searchsorted(bounds, u, side="right")]
 
 
+class Fingerprint:
+    """Content hash of a raw source, fed chunk by chunk (the same value however it is chunked): pandas row
+    hashes of the contract's columns, and the unreadable lines when there are any."""
+
+    def __init__(self) -> None:
+        self._rows = hashlib.sha256()
+        self._rejected = hashlib.sha256()
+        self._any_rejected = False
+
+    def add(self, rows: pd.DataFrame) -> None:
+        self._rows.update(pd.util.hash_pandas_object(rows[list(COLUMN_NAMES)], index=False).to_numpy().tobytes())
+
+    def add_rejected(self, line: RejectedLine) -> None:
+        self._any_rejected = True
+        self._rejected.update(f"{line.line}\x00{line.text}\x00".encode())
+
+    def hexdigest(self) -> str:
+        if not self._any_rejected:
+            return self._rows.hexdigest()
+        return hashlib.sha256(self._rows.digest() + self._rejected.digest()).hexdigest()
+
+
 def fingerprint(frame: pd.DataFrame) -> str:
     """Content hash of a raw frame (cheap: pandas row hashes)."""
-    hashes = pd.util.hash_pandas_object(frame[list(COLUMN_NAMES)], index=False).to_numpy()
-    return hashlib.sha256(hashes.tobytes()).hexdigest()
+    digest = Fingerprint()
+    digest.add(frame)
+    return digest.hexdigest()
 
 
 def read_source(source: str, cache_dir: str | Path = dataset.DEFAULT_CACHE_DIR) -> pd.DataFrame:
-    """Raw frame (text) from "download", "synthetic:ROWS[:SEED]" or a local path."""
+    """Raw frame (text, read whole) from "download", "synthetic:ROWS[:SEED]" or a local path."""
     if source.startswith("synthetic:"):
-        parts = source.split(":")
-        rows, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
-        return synthetic.generate(rows, seed=seed)
+        return _synthetic(source)
     return dataset.load_raw(source, cache_dir=cache_dir)
+
+
+def _synthetic(source: str) -> pd.DataFrame:
+    parts = source.split(":")
+    rows, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+    return synthetic.generate(rows, seed=seed)
+
+
+def open_source(source: str, cache_dir: str | Path = dataset.DEFAULT_CACHE_DIR) -> RawSource:
+    """The source to stream: "download" (the UCI archive, checksum-verified, cached), a local path, or
+    "synthetic:ROWS[:SEED]" (generated in memory)."""
+    if source.startswith("synthetic:"):
+        return FrameSource(_synthetic(source), label=source)
+    return reader.open_path(dataset.source_path(source, cache_dir), label=source)
 
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """The source with its split assignment, and the train batches it makes."""
+    """An in-memory source with its split assignment, and the train batches that successive loads with one
+    fixed ``batch_size`` make (the expected contents of train-0001, train-0002, ...)."""
 
     frame: pd.DataFrame
     batch_size: int
@@ -108,8 +177,29 @@ class LoadReport:
     def message(self) -> str:
         if self.already_loaded:
             return f"{self.batch_id}: already loaded, 0 rows added"
+        if self.split == UNREADABLE:
+            return (f"{self.batch_id}: {self.rows_added} line(s) of the source are not rows: set aside with their "
+                    "line number and reason (raw_rejected; preprocessing reports them in rejected_rows)")
         rate = self.rows_added / self.seconds if self.seconds else float("inf")
-        return f"{self.batch_id}: {self.rows_added} {self.split} rows loaded in {self.seconds:.2f} s ({rate:,.0f} rows/s)"
+        return (f"{self.batch_id}: {self.rows_added} {self.split} rows loaded in {self.seconds:.2f} s "
+                f"({rate:,.0f} rows/s)")
+
+
+@dataclass(frozen=True)
+class TrainRange:
+    """Train rows first_row .. first_row + rows - 1, to become batch ``number``."""
+
+    number: int
+    first_row: int
+    rows: int
+
+    @property
+    def end(self) -> int:
+        return self.first_row + self.rows
+
+    @property
+    def batch_id(self) -> str:
+        return train_batch_id(self.number)
 
 
 def loaded_batches(engine: Engine) -> pd.DataFrame:
@@ -125,68 +215,307 @@ def raw_counts(engine: Engine) -> dict[str, int]:
     return {split: int(n) for split, n in rows}
 
 
-def _check_same_source(existing: pd.DataFrame, plan: SplitPlan) -> None:
+def unreadable_lines(engine: Engine) -> pd.DataFrame:
+    """The source lines the loads set aside (line number, reason, the start of the line)."""
+    with engine.connect() as conn:
+        return pd.read_sql(
+            select(raw_rejected.c.source_line, raw_rejected.c.reason, raw_rejected.c.line_text)
+            .order_by(raw_rejected.c.source_line), conn,
+        )
+
+
+def _check_same_source(existing: pd.DataFrame, digest: str | None, seed: int) -> None:
     if existing.empty:
         return
     fingerprints = set(existing["source_fingerprint"])
     seeds = set(existing["split_seed"])
-    if fingerprints != {plan.fingerprint} or seeds != {plan.seed}:
+    if seeds != {seed} or (digest is not None and fingerprints != {digest}):
         raise SourceMismatchError(
             "RawData already holds batches of another source or split seed "
             f"(seeds {sorted(seeds)}); loading this one would mix splits. Use a fresh store."
         )
 
 
-def insert_batch(
-    engine: Engine,
-    batch_id: str,
-    split: str,
-    number: int,
-    rows: pd.DataFrame,
-    source: str,
-    plan: SplitPlan,
-    progress: bool = True,
-    on_chunk: Callable[[int], None] | None = None,
-) -> LoadReport:
-    """Insert one batch in one transaction (nothing of it stays if any part fails)."""
-    started = time.perf_counter()
-    now = utcnow()
-    columns = [*COLUMN_NAMES, "split", "batch_id", "loaded_at"]
-    records = frame_rows(rows[[*COLUMN_NAMES, "split"]].assign(batch_id=batch_id, loaded_at=db_timestamp(now)))
-    with engine.begin() as conn:
-        conn.execute(
-            raw_batches.insert().values(
-                batch_id=batch_id, split=split, batch_number=number, rows=len(records), source=source[:255],
-                source_fingerprint=plan.fingerprint, split_seed=plan.seed, loaded_at=now,
+def _bar(source: RawSource, desc: str, progress: bool):
+    """A progress bar over the source (bytes of a file, rows of a frame); off when not asked for or when
+    stderr is not a terminal (then each step's report line is the progress)."""
+    return tqdm(total=source.total, desc=desc, unit=source.unit, unit_scale=True, leave=False,
+                disable=None if progress else True)
+
+
+class _Stream:
+    """One pass over the source: chunks of rows with their split and train row index, the chunk's
+    unreadable lines; the fingerprint, rows per split and asked-for train rows' encounter_ids on the way."""
+
+    def __init__(self, source: RawSource, seed: int, desc: str, progress: bool,
+                 probes: frozenset[int] = frozenset(), read_chunk: int = READ_CHUNK) -> None:
+        self.source, self.seed, self.desc, self.progress = source, seed, desc, progress
+        self.probe_positions, self.read_chunk = probes, read_chunk
+        self.fingerprint = Fingerprint()
+        self.counts = dict.fromkeys(SPLITS, 0)
+        self.probes: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[tuple[pd.DataFrame, list[RejectedLine]]]:
+        with _bar(self.source, self.desc, self.progress) as bar:
+            for chunk in self.source.chunks(self.read_chunk):
+                rows = chunk.rows
+                self.fingerprint.add(rows)
+                for line in chunk.rejected:
+                    self.fingerprint.add_rejected(line)
+                split = assign_splits(rows["patient_nbr"], self.seed)
+                is_train = split == "train"
+                position = np.full(len(rows), -1, dtype="int64")
+                position[is_train] = self.counts["train"] + np.arange(int(is_train.sum()))
+                rows = rows.assign(split=split, **{TRAIN_ROW: position})
+                for name in SPLITS:
+                    self.counts[name] += int((split == name).sum())
+                if self.probe_positions:
+                    wanted = rows[rows[TRAIN_ROW].isin(self.probe_positions)]
+                    self.probes.update(zip(wanted[TRAIN_ROW].tolist(), wanted["encounter_id"].tolist(), strict=True))
+                bar.update(chunk.done - bar.n)
+                yield rows, chunk.rejected
+
+
+RAW_COLUMNS = [*COLUMN_NAMES, SOURCE_LINE, "split", "batch_id", "loaded_at"]
+
+
+class _Batch:
+    """One batch's transaction: its raw_batches row first (the rows refer to it), then its rows chunk by
+    chunk; ``record`` then the caller's commit keep it (row count, fingerprint), anything else leaves nothing."""
+
+    def __init__(self, conn: Connection, batch_id: str, split: str, number: int, first_row: int | None,
+                 source: str, seed: int, digest: str, insert_chunk: int,
+                 on_chunk: Callable[[int], None] | None) -> None:
+        self.conn, self.batch_id, self.insert_chunk, self.on_chunk = conn, batch_id, insert_chunk, on_chunk
+        self.rows = 0
+        self.started = time.perf_counter()
+        self.loaded_at = db_timestamp(utcnow())
+        conn.execute(raw_batches.insert().values(
+            batch_id=batch_id, split=split, batch_number=number, rows=0, source=source[:255],
+            source_fingerprint=digest, split_seed=seed, loaded_at=utcnow(), first_row=first_row,
+        ))
+
+    def add(self, rows: pd.DataFrame, on_chunk: Callable[[int], None] | None = None) -> None:
+        if rows.empty:
+            return
+        records = frame_rows(rows[[*COLUMN_NAMES, SOURCE_LINE, "split"]].assign(
+            batch_id=self.batch_id, loaded_at=self.loaded_at))
+        base = self.rows
+        callback = on_chunk or self.on_chunk
+
+        def chunk_done(done: int) -> None:  # rows of this batch so far
+            if callback is not None:
+                callback(base + done)
+
+        bulk_insert(self.conn, raw_encounters, RAW_COLUMNS, records, chunk=self.insert_chunk, on_chunk=chunk_done)
+        self.rows += len(records)
+
+    def add_unreadable(self, lines: list[RejectedLine]) -> None:
+        now = db_timestamp(utcnow())
+        records = [(self.batch_id, line.line, line.reason, line.text, now) for line in lines]
+        bulk_insert(self.conn, raw_rejected, ["batch_id", "source_line", "reason", "line_text", "rejected_at"],
+                    records, chunk=self.insert_chunk)
+        self.rows += len(records)
+
+    def record(self, digest: str | None = None) -> None:
+        values = {"rows": self.rows} if digest is None else {"rows": self.rows, "source_fingerprint": digest}
+        self.conn.execute(raw_batches.update().where(raw_batches.c.batch_id == self.batch_id).values(**values))
+
+    def report(self, split: str) -> LoadReport:
+        return LoadReport(self.batch_id, split, self.rows, False, time.perf_counter() - self.started)
+
+
+def _rollback_quietly(conn: Connection) -> None:
+    """Roll back and close; a connection the server dropped has nothing left to undo."""
+    with contextlib.suppress(Exception):  # the server is gone: its transaction died with the connection
+        conn.rollback()
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+def _failed(batch_id: str, exc: DBAPIError) -> LoadError:
+    return LoadError(
+        f"{batch_id} not loaded: the RawData store failed ({store_failure(exc)}). A batch is all or nothing: "
+        "nothing partial is kept, and re-running the load completes it."
+    )
+
+
+def _load_whole_splits(
+    engine: Engine, stream: _Stream, source: str, seed: int, missing: list[str],
+    existing: pd.DataFrame, insert_chunk: int, on_chunk: Callable[[int], None] | None,
+) -> list[LoadReport]:
+    """Validation and test (and the unreadable lines), streamed into one transaction; the source is checked
+    against the store once the pass has its fingerprint, before the commit."""
+    conn = engine.connect()
+    batches: dict[str, _Batch] = {}
+    current = missing[0]
+    try:
+        conn.begin()
+        for split in missing:
+            batches[split] = _Batch(conn, split, split, 0, None, source, seed, "", insert_chunk, None)
+        for rows, rejected in stream:
+            for split in missing:
+                current = split
+                others = sum(b.rows for name, b in batches.items() if name != split)
+                callback = None if on_chunk is None else (lambda done, others=others: on_chunk(others + done))
+                batches[split].add(rows[rows["split"] == split], on_chunk=callback)
+            if rejected:
+                current = UNREADABLE
+                if UNREADABLE not in batches:
+                    batches[UNREADABLE] = _Batch(conn, UNREADABLE, UNREADABLE, 0, None, source, seed, "",
+                                                 insert_chunk, None)
+                batches[UNREADABLE].add_unreadable(rejected)
+        digest = stream.fingerprint.hexdigest()
+        _check_same_source(existing, digest, seed)
+        for batch in batches.values():
+            batch.record(digest)
+        conn.commit()
+        conn.close()
+    except DBAPIError as exc:
+        _rollback_quietly(conn)
+        raise _failed(current, exc) from exc
+    except BaseException:
+        _rollback_quietly(conn)
+        raise
+    return [batch.report(split) for split, batch in batches.items()]
+
+
+def _load_train(
+    engine: Engine, src: RawSource, ranges: list[TrainRange], source: str, seed: int, digest: str,
+    progress: bool, read_chunk: int, insert_chunk: int, on_chunk: Callable[[int], None] | None,
+) -> list[LoadReport]:
+    """The train batches of ``ranges``, in one pass: one transaction per batch, committed as soon as the
+    stream has gone past its last row."""
+    reports: list[LoadReport] = []
+    queue = list(ranges)
+    desc = ranges[0].batch_id if len(ranges) == 1 else f"{ranges[0].batch_id}..{ranges[-1].batch_id}"
+    stream = _Stream(src, seed, desc, progress, read_chunk=read_chunk)
+    conn: Connection | None = None
+    batch: _Batch | None = None
+    try:
+        for rows, _ in stream:
+            train = rows[rows["split"] == "train"]
+            while queue:
+                target = queue[0]
+                if batch is None:
+                    conn = engine.connect()
+                    conn.begin()
+                    batch = _Batch(conn, target.batch_id, "train", target.number, target.first_row, source, seed,
+                                   digest, insert_chunk, on_chunk)
+                positions = train[TRAIN_ROW]
+                batch.add(train[(positions >= target.first_row) & (positions < target.end)])
+                if stream.counts["train"] < target.end:
+                    break  # the rest of this batch is further on
+                if batch.rows != target.rows:
+                    raise SourceMismatchError(f"{target.batch_id}: the source changed during the load")
+                batch.record()
+                conn.commit()
+                conn.close()
+                reports.append(batch.report("train"))
+                queue.pop(0)
+                conn, batch = None, None
+            if not queue:
+                break
+        if queue:
+            raise SourceMismatchError(
+                f"{queue[0].batch_id}: the source ended before train row {queue[0].end} (it changed during the load)"
             )
+    except DBAPIError as exc:
+        if conn is not None:
+            _rollback_quietly(conn)
+        raise _failed(queue[0].batch_id if queue else "train", exc) from exc
+    except BaseException:
+        if conn is not None:
+            _rollback_quietly(conn)
+        raise
+    return reports
+
+
+def _recorded_train(existing: pd.DataFrame) -> list[TrainRange]:
+    train = existing[existing["split"] == "train"]
+    return sorted(
+        (TrainRange(int(r.batch_number), int(r.first_row), int(r.rows)) for r in train.itertuples()),
+        key=lambda r: r.first_row,
+    )
+
+
+def _pending(recorded: list[TrainRange], n_train: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """(first_row, rows) of the train rows no batch holds, in order, cut at ``batch_size`` and at the next
+    recorded batch."""
+    cursor = 0
+    for held in [*recorded, TrainRange(0, n_train, 0)]:
+        while cursor < held.first_row:
+            end = min(cursor + batch_size, held.first_row)
+            yield cursor, end - cursor
+            cursor = end
+        cursor = max(cursor, held.end)
+
+
+def _edges(engine: Engine, recorded: list[TrainRange]) -> dict[int, tuple[str, str]]:
+    """Train row index -> (batch_id, encounter_id as stored) of the first and last row of each recorded batch."""
+    if not recorded:
+        return {}
+    by_id = {r.batch_id: r for r in recorded}
+    first = func.min(raw_encounters.c.row_id)
+    last = func.max(raw_encounters.c.row_id)
+    with engine.connect() as conn:
+        ends = conn.execute(
+            select(raw_encounters.c.batch_id, first, last)
+            .where(raw_encounters.c.batch_id.in_(list(by_id))).group_by(raw_encounters.c.batch_id)
+        ).all()
+        row_ids = [row_id for _, lo, hi in ends for row_id in (lo, hi)]
+        ids = dict(conn.execute(
+            select(raw_encounters.c.row_id, raw_encounters.c.encounter_id).where(raw_encounters.c.row_id.in_(row_ids))
+        ).all()) if row_ids else {}
+    edges: dict[int, tuple[str, str]] = {}
+    for batch_id, lo, hi in ends:
+        held = by_id[batch_id]
+        edges[held.first_row] = (batch_id, ids[lo])
+        edges[held.end - 1] = (batch_id, ids[hi])
+    return edges
+
+
+def _check_recorded(edges: dict[int, tuple[str, str]], stream: _Stream) -> None:
+    for position, (batch_id, stored) in sorted(edges.items()):
+        if stream.probes.get(position) != stored:
+            raise SourceMismatchError(
+                f"{batch_id} does not hold the train rows its record names (train row {position} of this source is "
+                f"{stream.probes.get(position)!r}, the batch has {stored!r}): the store was loaded otherwise, e.g. by "
+                "an earlier version with another batch size. Use a fresh store."
+            )
+
+
+def _train_ranges(batch: int | str, recorded: list[TrainRange], n_train: int, batch_size: int) -> list[TrainRange]:
+    number = max((r.number for r in recorded), default=0)
+    pending = list(_pending(recorded, n_train, batch_size))
+    if batch != "all":  # "next", or the number of the next batch
+        pending = pending[:1]
+    return [TrainRange(number + i, first, rows) for i, (first, rows) in enumerate(pending, start=1)]
+
+
+def _check_batch_argument(batch: int | str, recorded: list[TrainRange]) -> int | None:
+    """The recorded batch number asked for (None for "next", "all" and the next number); ValueError otherwise."""
+    if batch in ("next", "all"):
+        return None
+    try:
+        number = int(batch)
+    except ValueError:
+        raise ValueError(f'batch must be "next", "all" or a batch number, not {batch!r}') from None
+    numbers = {r.number for r in recorded}
+    if number in numbers:
+        return number
+    following = max(numbers, default=0) + 1
+    if number != following:
+        raise ValueError(
+            f"train batch {number} does not exist: batches are numbered in load order, "
+            f"{len(numbers)} are loaded and the next one is {following}"
         )
-        with tqdm(total=len(records), desc=batch_id, unit="rows", disable=not progress, leave=False) as bar:
-
-            def chunk_done(rows_done: int) -> None:
-                bar.update(rows_done - bar.n)
-                if on_chunk is not None:
-                    on_chunk(rows_done)
-
-            bulk_insert(conn, raw_encounters, columns, records, chunk=INSERT_CHUNK, on_chunk=chunk_done)
-    return LoadReport(batch_id, split, len(records), False, time.perf_counter() - started)
-
-
-def _train_numbers(batch: int | str, plan: SplitPlan, loaded: set[str]) -> Iterable[int]:
-    all_numbers = range(1, plan.n_train_batches + 1)
-    if batch == "all":
-        return [n for n in all_numbers if train_batch_id(n) not in loaded]
-    if batch == "next":
-        pending = [n for n in all_numbers if train_batch_id(n) not in loaded]
-        return pending[:1]
-    number = int(batch)
-    if number not in all_numbers:
-        raise ValueError(f"train batch {number} does not exist: there are {plan.n_train_batches}")
-    return [number]
+    return None
 
 
 def load(
     engine: Engine,
-    frame: pd.DataFrame,
+    data: pd.DataFrame | RawSource,
     *,
     source: str,
     batch: int | str = "next",
@@ -194,30 +523,50 @@ def load(
     batch_size: int = 15_000,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    read_chunk: int = READ_CHUNK,
+    insert_chunk: int = INSERT_CHUNK,
 ) -> list[LoadReport]:
-    """Load validation and test (first time only) and train batch ``batch`` ("next", "all" or a number)."""
+    """Load validation and test (first time only) and train batch ``batch`` ("next", "all" or a number).
+
+    ``data`` is a source to stream (``open_source``) or a frame of it; ``source`` names it in raw_batches.
+    ``on_chunk(rows_done)`` is called after each INSERT of ``insert_chunk`` rows, inside the batch's
+    transaction. Raises ``SourceMismatchError`` (another source or seed: nothing written), ``LoadError``
+    (the store failed mid-batch: that batch is not kept) and ``ValueError`` (no such batch).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    src = data if isinstance(data, RawSource) else FrameSource(data, label=source)
     create_raw_schema(engine)
-    plan = SplitPlan.of(frame, batch_size, seed)
     existing = loaded_batches(engine)
-    _check_same_source(existing, plan)
+    _check_same_source(existing, None, seed)
+    recorded = _recorded_train(existing)
+    asked = _check_batch_argument(batch, recorded)
+    edges = _edges(engine, recorded)
     loaded = set(existing["batch_id"])
+    missing = [split for split in WHOLE_SPLITS if split not in loaded]
+
     reports: list[LoadReport] = []
-    for split in WHOLE_SPLITS:
-        if split in loaded:
-            continue
-        reports.append(insert_batch(engine, split, split, 0, plan.rows(split), source, plan, progress, on_chunk))
-    numbers = list(_train_numbers(batch, plan, loaded))
-    if not numbers:
-        reports.append(LoadReport(f"all {plan.n_train_batches} train batches", "train", 0, True))
-    for number in numbers:
-        batch_id = train_batch_id(number)
-        if batch_id in loaded:
-            reports.append(LoadReport(batch_id, "train", 0, True))
-            continue
-        reports.append(
-            insert_batch(engine, batch_id, "train", number, plan.train_batch(number), source, plan, progress, on_chunk)
-        )
-    return reports
+    if missing:
+        stream = _Stream(src, seed, "split: " + ", ".join(missing), progress, frozenset(edges), read_chunk)
+        reports += _load_whole_splits(engine, stream, source, seed, missing, existing, insert_chunk, on_chunk)
+    else:
+        stream = _Stream(src, seed, "checking the source", progress, frozenset(edges), read_chunk)
+        for _ in stream:
+            pass
+        _check_same_source(existing, stream.fingerprint.hexdigest(), seed)
+    _check_recorded(edges, stream)
+    digest = stream.fingerprint.hexdigest()
+
+    if asked is not None:
+        return [*reports, LoadReport(train_batch_id(asked), "train", 0, True)]
+    ranges = _train_ranges(batch, recorded, stream.counts["train"], batch_size)
+    if not ranges and batch not in ("next", "all"):
+        raise ValueError(f"train batch {batch} does not exist: the {len(recorded)} loaded batches hold all "
+                         f"{stream.counts['train']} train rows")
+    if not ranges:
+        return [*reports, LoadReport(f"all {len(recorded)} train batches", "train", 0, True)]
+    return [*reports, *_load_train(engine, src, ranges, source, seed, digest, progress, read_chunk, insert_chunk,
+                                   on_chunk)]
 
 
 def class_balance(engine: Engine) -> pd.DataFrame:

@@ -1,13 +1,23 @@
 """The RawData and CleanData stores: SQLAlchemy tables derived from the contract.
 
 RawData (as it arrived, every value text):
-  raw_batches      one row per loaded batch (train-0001, ..., validation, test)
-  raw_encounters   the rows, with split, batch_id and loaded_at; encounter_id unique
+  raw_batches      one row per loaded batch (validation, test, train-0001, ...); a train batch records
+                   the range of train rows it holds (first_row, rows), so no later setting can
+                   change what a batch is; "unreadable" holds the source's malformed lines
+  raw_encounters   the rows as received, with their source line, split, batch_id and loaded_at
+  raw_rejected     lines of the source that are not a row (ragged, bad quoting, not UTF-8, a field
+                   longer than the raw columns), with line number and reason
 
 CleanData (typed, cleaned by preprocess_incremental):
   clean_encounters the in-scope rows, NULL for missing, with the target; encounter_id unique
-  rejected_rows    rows the contract refused, with the reason
+  rejected_rows    rows the contract refused and the source's unreadable lines, with the reason
+                   and the source line
   batch_lineage    one row per cleaned batch: rows in / out / rejected / excluded, seconds
+
+Widths come from the contract: raw values hold ``RAW_MAX_LENGTH`` characters (the raw load rejects a
+longer field), clean text columns ``Column.max_length`` (validation rejects a longer value), so SQLite
+and MySQL store and refuse the same rows. Stores made by the previous version are migrated in place
+(``create_raw_schema`` / ``create_clean_schema``): see ``migrate_raw``.
 """
 
 from __future__ import annotations
@@ -19,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from readmit_contract.columns import COLUMNS, ID_COLUMNS
+from readmit_contract.columns import COLUMN_NAMES, COLUMNS, ID_COLUMNS, RAW_MAX_LENGTH, TEXT_MAX_LENGTH
 from readmit_contract.target import TARGET
 from sqlalchemy import (
     BigInteger,
@@ -38,11 +47,15 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     make_url,
+    select,
+    text,
 )
+from sqlalchemy.exc import DBAPIError
 
-TEXT_LENGTH = 64
-"""Width of a text value (the longest in the source is 36 characters)."""
+UNREADABLE = "unreadable"
+"""batch_id and split of the raw batch holding the source's malformed lines (raw_rejected)."""
 
 raw_metadata = MetaData()
 clean_metadata = MetaData()
@@ -58,17 +71,32 @@ raw_batches = Table(
     Column("source_fingerprint", String(64), nullable=False),
     Column("split_seed", Integer, nullable=False),
     Column("loaded_at", DateTime, nullable=False),
+    Column("first_row", Integer, nullable=True),
+    # train batches: index of their first train row (train rows counted in source order from 0)
 )
 
 raw_encounters = Table(
     "raw_encounters",
     raw_metadata,
     Column("row_id", Integer, primary_key=True, autoincrement=True),
-    Column("encounter_id", String(TEXT_LENGTH), nullable=False, unique=True),
-    *(Column(c.name, String(TEXT_LENGTH), nullable=True) for c in COLUMNS if c.name != "encounter_id"),
+    # as received: not unique (validation rejects duplicates, on the normalised id, with a reason)
+    Column("encounter_id", String(RAW_MAX_LENGTH), nullable=False, index=True),
+    *(Column(c.name, String(RAW_MAX_LENGTH), nullable=True) for c in COLUMNS if c.name != "encounter_id"),
+    Column("source_line", Integer, nullable=True),
     Column("split", String(16), nullable=False, index=True),
     Column("batch_id", String(32), ForeignKey("raw_batches.batch_id"), nullable=False, index=True),
     Column("loaded_at", DateTime, nullable=False),
+)
+
+raw_rejected = Table(
+    "raw_rejected",
+    raw_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("batch_id", String(32), ForeignKey("raw_batches.batch_id"), nullable=False, index=True),
+    Column("source_line", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("line_text", Text, nullable=False),
+    Column("rejected_at", DateTime, nullable=False),
 )
 
 
@@ -79,7 +107,7 @@ def _typed_column(c) -> Column:
         return Column(c.name, BigInteger, nullable=False, index=True)
     if c.is_integer:
         return Column(c.name, Integer, nullable=False)
-    return Column(c.name, String(TEXT_LENGTH), nullable=c.nullable)
+    return Column(c.name, String(c.max_length), nullable=c.nullable)
 
 
 clean_encounters = Table(
@@ -97,10 +125,11 @@ rejected_rows = Table(
     clean_metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("batch_id", String(32), nullable=False, index=True),
-    Column("encounter_id", String(TEXT_LENGTH), nullable=True),
+    Column("encounter_id", String(TEXT_MAX_LENGTH), nullable=True),  # the first characters as received
     Column("reason", Text, nullable=False),
     Column("row_json", Text, nullable=False),
     Column("rejected_at", DateTime, nullable=False),
+    Column("source_line", Integer, nullable=True),
 )
 
 batch_lineage = Table(
@@ -149,9 +178,9 @@ def bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: Se
 
 
 def frame_rows(frame: pd.DataFrame) -> list[tuple]:
-    """A frame's rows as tuples of plain Python values, None for missing."""
-    values = frame.astype(object).where(frame.notna(), None)
-    return list(values.itertuples(index=False, name=None))
+    """A frame's rows as tuples of plain Python values, None for missing (column by column: fast)."""
+    columns = [frame.iloc[:, i].to_numpy(dtype=object, na_value=None) for i in range(frame.shape[1])]
+    return list(zip(*columns, strict=True)) if columns else []
 
 
 def make_engine(url: str) -> Engine:
@@ -175,11 +204,116 @@ def make_engine(url: str) -> Engine:
 
 
 def create_raw_schema(engine: Engine) -> None:
+    """The RawData tables; a store made by the previous version is migrated (see ``migrate_raw``)."""
     raw_metadata.create_all(engine)
+    _migrating(engine, migrate_raw)
 
 
 def create_clean_schema(engine: Engine) -> None:
+    """The CleanData tables; rejected_rows of the previous version gets its source_line column."""
     clean_metadata.create_all(engine)
+    _migrating(engine, migrate_clean)
+
+
+class StoreMigrationError(RuntimeError):
+    """A store of the previous version that cannot be migrated safely."""
+
+
+def _migrating(engine: Engine, migrate: Callable[[Engine], None]) -> None:
+    try:
+        migrate(engine)
+    except DBAPIError:  # another process migrating at the same moment: look again once
+        migrate(engine)
+
+
+def _columns(engine: Engine, table: str) -> dict[str, dict]:
+    return {c["name"]: c for c in inspect(engine).get_columns(table)}
+
+
+def _add_column(engine: Engine, table: str, column: str, sql_type: str) -> None:
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} {sql_type}"))
+
+
+def derive_first_rows(train_batches: Sequence[tuple[str, int, int]]) -> dict[str, int]:
+    """first_row of train batches (batch_id, batch_number, rows) loaded by the previous version, which
+    made batch N the train rows (N-1)*size .. N*size-1 for one fixed size: every batch but the
+    highest-numbered one is full, the highest at most full. Anything else cannot be derived."""
+    if not train_batches:
+        return {}
+    ordered = sorted(train_batches, key=lambda b: b[1])
+    *full, last = ordered
+    sizes = {rows for _, _, rows in full}
+    if full and (len(sizes) > 1 or last[2] > next(iter(sizes))):
+        raise StoreMigrationError(
+            "RawData was loaded by an earlier version with train batches of different sizes "
+            f"({', '.join(f'{b}: {rows} rows' for b, _, rows in ordered)}): which train rows each batch holds "
+            "cannot be derived, and some rows were skipped or loaded twice. Load into a fresh store."
+        )
+    if not full and last[1] != 1:
+        raise StoreMigrationError(
+            f"RawData was loaded by an earlier version and holds only {last[0]} ({last[2]} rows): the batch size "
+            "it was loaded with, hence its train rows, cannot be derived. Load into a fresh store."
+        )
+    size = next(iter(sizes)) if full else last[2]
+    return {batch_id: (number - 1) * size for batch_id, number, _ in ordered}
+
+
+def migrate_raw(engine: Engine) -> None:
+    """Bring a RawData store of the previous version up to date, idempotently:
+
+    - raw_batches.first_row, derived for its train batches (``derive_first_rows``: checked before
+      anything changes; a store whose batches cannot be derived is refused, untouched);
+    - raw_encounters.source_line (NULL for rows loaded before) and, on MySQL, value columns widened to
+      ``RAW_MAX_LENGTH`` (SQLite does not enforce widths);
+    - raw_rejected is a new table (``create_all``).
+
+    Such a store keeps its UNIQUE encounter_id of raw_encounters (dropping it would rebuild the table):
+    a source repeating an encounter_id verbatim fails its load there, as before; fresh stores take it
+    and validation rejects the repeat.
+    """
+    batch_columns = _columns(engine, "raw_batches")
+    encounter_columns = _columns(engine, "raw_encounters")
+    query = select(raw_batches.c.batch_id, raw_batches.c.batch_number, raw_batches.c.rows).where(
+        raw_batches.c.split == "train"
+    )
+    if "first_row" in batch_columns:
+        query = query.where(raw_batches.c.first_row.is_(None))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    first_rows = derive_first_rows([(r[0], int(r[1]), int(r[2])) for r in rows])
+    if "first_row" not in batch_columns:
+        _add_column(engine, "raw_batches", "first_row", "INTEGER")
+    if "source_line" not in encounter_columns:
+        _add_column(engine, "raw_encounters", "source_line", "INTEGER")
+    if engine.dialect.name in ("mysql", "mariadb"):
+        narrow = [name for name in COLUMN_NAMES
+                  if (getattr(encounter_columns[name]["type"], "length", None) or RAW_MAX_LENGTH) < RAW_MAX_LENGTH]
+        if narrow:
+            quote = engine.dialect.identifier_preparer.quote
+            changes = ", ".join(
+                f"MODIFY {quote(name)} VARCHAR({RAW_MAX_LENGTH}) {'NOT NULL' if name == 'encounter_id' else 'NULL'}"
+                for name in narrow
+            )
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE raw_encounters {changes}"))
+    if first_rows:
+        with engine.begin() as conn:
+            for batch_id, first_row in first_rows.items():
+                conn.execute(raw_batches.update().where(raw_batches.c.batch_id == batch_id).values(first_row=first_row))
+
+
+def migrate_clean(engine: Engine) -> None:
+    """rejected_rows.source_line for a CleanData store of the previous version (NULL for rows before)."""
+    if "source_line" not in _columns(engine, "rejected_rows"):
+        _add_column(engine, "rejected_rows", "source_line", "INTEGER")
+
+
+def store_failure(exc: BaseException) -> str:
+    """A database error in one line, for the messages of failed loads and batches (no traceback)."""
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {str(orig).splitlines()[0] if str(orig) else ''}"[:300]
 
 
 @contextmanager

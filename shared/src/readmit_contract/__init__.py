@@ -10,6 +10,7 @@ Declared once, imported by the DAGs, the API and the UI:
 - ``encounter`` the pydantic model of one encounter
 - ``synthetic`` seeded generator with the real schema
 - ``dataset``   download + checksum, or a local path
+- ``reader``    the source streamed in chunks, malformed lines set aside with line number and reason
 """
 
 from .cleaning import CleanResult, clean

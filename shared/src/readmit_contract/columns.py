@@ -1,7 +1,8 @@
 """The 50 columns of ``diabetic_data.csv``: the single place they are declared.
 
 Every other part of the platform (validator, feature transform, pydantic model,
-synthetic generator, stores, API, UI) derives what it needs from ``COLUMNS``.
+synthetic generator, stores, API, UI) derives what it needs from ``COLUMNS``, the
+stores' column widths included (``Column.max_length``, ``RAW_MAX_LENGTH``).
 
 Kinds
 -----
@@ -35,10 +36,19 @@ REQUIRED = _Required()
 
 Kind = Literal["id", "integer", "code", "category", "open_category", "icd9", "outcome"]
 
+TEXT_MAX_LENGTH = 64
+"""Longest text value (characters) the contract accepts in a text column, and the width the stores give it
+(the source's longest is 36). Validation rejects a longer value with its reason, on every backend."""
+
+RAW_MAX_LENGTH = 255
+"""Longest field (characters) a raw load stores as received; a line with a longer field is rejected whole
+(reason and line number) instead of being stored. Wider than ``TEXT_MAX_LENGTH`` so that validation, not the
+database, decides about values a little too long."""
+
 ICD9_PATTERN = re.compile(r"^(?:\d{1,3}(?:\.\d{1,2})?|V\d{2}(?:\.\d{1,2})?|E\d{3}(?:\.\d{1,2})?)$")
 """Shape of an ICD-9 code as the source writes it (no leading zeros: ``8``, ``38``, ``250.83``)."""
 
-OPEN_CATEGORY_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9&/\-]{0,63}$")
+OPEN_CATEGORY_PATTERN = re.compile(rf"^[A-Za-z][A-Za-z0-9&/\-]{{0,{TEXT_MAX_LENGTH - 1}}}$")
 """Shape of a legal value of an open category (medical specialty, payer code)."""
 
 MEDICATION_STATUSES: tuple[str, ...] = ("No", "Steady", "Up", "Down")
@@ -62,6 +72,13 @@ class Column:
     """Human descriptions of ``code`` values (from IDs_mapping.csv)."""
     default: object = REQUIRED
     """Value an encounter sent to the API may omit (``REQUIRED``: it may not)."""
+    max_length: int | None = None
+    """Longest value in characters (text kinds; ``TEXT_MAX_LENGTH`` unless given): validation rejects a
+    longer one and the stores declare the column this wide. None for integer kinds."""
+
+    def __post_init__(self) -> None:
+        if not self.is_integer and self.max_length is None:
+            object.__setattr__(self, "max_length", TEXT_MAX_LENGTH)
 
     @property
     def required(self) -> bool:

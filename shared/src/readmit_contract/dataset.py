@@ -1,11 +1,13 @@
 """Getting ``diabetic_data.csv``: download from the UCI archive (checksum-verified, cached),
 or read a local path. Raw frames are text, exactly as the file writes them.
+
+``source_path`` gives the file to stream (``readmit_contract.reader`` reads it in chunks, malformed
+lines set aside with their line numbers); ``read_raw_csv`` reads a well-formed file whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import urllib.error
@@ -65,26 +67,29 @@ def download(
     if target.exists():
         _verify(target, expected_sha256)
         return target
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - fixed https URL or a test's
-            payload = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise DownloadError(f"cannot download the data set from {url}: {exc}. "
-                            "Without network, pass a local path to diabetic_data.csv or use synthetic data.") from exc
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(payload))
-        member = next(n for n in archive.namelist() if Path(n).name == DATA_FILE)
-    except (zipfile.BadZipFile, StopIteration) as exc:
-        raise DownloadError(f"{url} did not return a zip archive holding {DATA_FILE}") from exc
     cache_dir.mkdir(parents=True, exist_ok=True)
+    archive_path = cache_dir / "archive.zip.partial"
     partial = target.with_suffix(".partial")
-    with archive.open(member) as src, open(partial, "wb") as dst:
-        shutil.copyfileobj(src, dst)
     try:
+        try:  # streamed to disk: neither the archive nor the file is held in memory
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive_path, "wb") as out:  # noqa: S310 - fixed https URL or a test's
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise DownloadError(f"cannot download the data set from {url}: {exc}. Without network, pass a local "
+                                "path to diabetic_data.csv or use synthetic data.") from exc
+        try:
+            with zipfile.ZipFile(archive_path) as archive:
+                member = next(n for n in archive.namelist() if Path(n).name == DATA_FILE)
+                with archive.open(member) as src, open(partial, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, StopIteration) as exc:
+            raise DownloadError(f"{url} did not return a zip archive holding {DATA_FILE}") from exc
         _verify(partial, expected_sha256)
-    except ChecksumError:
-        partial.unlink()
+    except BaseException:
+        partial.unlink(missing_ok=True)
         raise
+    finally:
+        archive_path.unlink(missing_ok=True)
     partial.replace(target)
     return target
 
@@ -101,8 +106,16 @@ def read_raw_csv(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def source_path(source: str | Path, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
+    """The file of ``"download"`` (the UCI archive, checksum-verified, cached) or of a local path."""
+    if str(source) == "download":
+        return download(cache_dir)
+    path = Path(source)
+    if not path.is_file():
+        raise DatasetError(f"no data file at {path}")
+    return path
+
+
 def load_raw(source: str | Path, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> pd.DataFrame:
     """Raw frame from ``"download"`` (the UCI archive) or a local path."""
-    if str(source) == "download":
-        return read_raw_csv(download(cache_dir))
-    return read_raw_csv(source)
+    return read_raw_csv(source_path(source, cache_dir))

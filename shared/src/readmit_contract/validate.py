@@ -5,6 +5,11 @@ with ``?`` kept as the missing marker), and the rejected rows, as text, with one
 reason per row naming every failing column, e.g.
 ``time_in_hospital: wrong type (not an integer: 'abc'); race: value outside the allowed set ('Martian')``.
 
+Ids are normalised here, once: an integer-shaped ``encounter_id`` or ``patient_nbr`` is read
+as its canonical integer (``0123`` is ``123``), so duplicates are found on the normalised id and the
+typed rows carry it (``canonical_ids`` is what the raw load's patient split hashes too). Rejected
+rows keep the text as received.
+
 The checks are a pandera schema built once from ``COLUMNS``; every check is
 vectorised, so 100k rows validate in well under a second.
 """
@@ -19,7 +24,16 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from .columns import COLUMN_NAMES, COLUMNS, ICD9_PATTERN, INTEGER_COLUMNS, MISSING, OPEN_CATEGORY_PATTERN, Column
+from .columns import (
+    COLUMN_NAMES,
+    COLUMNS,
+    ICD9_PATTERN,
+    ID_COLUMNS,
+    INTEGER_COLUMNS,
+    MISSING,
+    OPEN_CATEGORY_PATTERN,
+    Column,
+)
 
 REASON = "reason"
 
@@ -29,6 +43,7 @@ OUT_OF_RANGE = "value out of range"
 MISSING_REQUIRED = "missing required field"
 BAD_FORMAT = "malformed value"
 DUPLICATE = "duplicate encounter_id"
+TOO_LONG = "value too long"
 
 
 class SchemaMismatchError(ValueError):
@@ -65,6 +80,17 @@ def as_text(series: pd.Series) -> pd.Series:
     return text.where(~missing, MISSING).astype("str")
 
 
+def canonical_ids(series: pd.Series) -> pd.Series:
+    """Ids as text in canonical form: an integer-shaped value loses its leading zeros (``0123`` -> ``123``,
+    ``000`` -> ``0``); anything else (missing, ``abc``, ``-5``) is left as it is for validation to judge."""
+    text = series.astype("str")
+    digits = text.str.fullmatch(r"\d+").fillna(False).to_numpy(dtype=bool)
+    if not digits.any():
+        return text
+    stripped = text[digits].str.lstrip("0")
+    return text.mask(digits, stripped.where(stripped != "", "0"))
+
+
 def _is_missing(s: pd.Series) -> pd.Series:
     return s == MISSING
 
@@ -95,6 +121,11 @@ def _checks(col: Column) -> list[pa.Check]:
     checks: list[pa.Check] = []
     if not col.nullable:
         checks.append(pa.Check(lambda s: ~_is_missing(s), name=MISSING_REQUIRED, error=MISSING_REQUIRED))
+    if col.max_length is not None:
+        longest = col.max_length
+        checks.append(
+            pa.Check(lambda s: s.str.len() <= longest, name=TOO_LONG, error=f"{TOO_LONG} (max {longest})")
+        )
     if col.is_integer:
         checks += _integer_checks(col)
     elif col.kind in ("category", "outcome"):
@@ -141,6 +172,9 @@ def validate(frame: pd.DataFrame) -> ValidationResult:
     text = frame.reset_index(drop=True)  # positional labels: failure cases map back to one row each
     for name in COLUMN_NAMES:
         text[name] = as_text(text[name])
+    received = text.copy()
+    for name in ID_COLUMNS:
+        text[name] = canonical_ids(text[name])
     reasons = pd.Series(None, index=text.index, dtype="object")
     try:
         raw_schema().validate(text, lazy=True)
@@ -148,14 +182,16 @@ def validate(frame: pd.DataFrame) -> ValidationResult:
         cases = exc.failure_cases
         crashed = cases[cases["index"].isna()]
         if len(crashed):  # a check that raised has not judged the rows: never let them through
-            raise RuntimeError(f"contract checks failed to run: {crashed[['column', 'check', 'failure_case']]}") from exc
+            failed = crashed[["column", "check", "failure_case"]]
+            raise RuntimeError(f"contract checks failed to run: {failed}") from exc
         order = {name: i for i, name in enumerate(COLUMN_NAMES)}
         cases = cases.assign(_order=cases["column"].map(order)).sort_values(["index", "_order"], kind="stable")
         messages = (
-            cases["column"].astype(str) + ": " + cases["check"].astype(str) + " (" + cases["failure_case"].map(repr) + ")"
+            cases["column"].astype(str) + ": " + cases["check"].astype(str)
+            + " (" + cases["failure_case"].map(repr) + ")"
         )
         reasons = messages.groupby(cases["index"].astype(int)).agg("; ".join).reindex(text.index)
     bad = reasons.notna().to_numpy()
-    text.index = frame.index
-    rejected = text[bad].assign(**{REASON: reasons[bad].astype("str").to_numpy()})
+    text.index = received.index = frame.index
+    rejected = received[bad].assign(**{REASON: reasons[bad].astype("str").to_numpy()})
     return ValidationResult(valid=to_typed(text[~bad]), rejected=rejected)
