@@ -13,6 +13,8 @@ CALLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """A caller's name: it appears in logs and metrics, so a short plain word."""
 KEY_TEXT = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 """A key: printable ASCII without space or comma (it travels in an HTTP header; commas separate entries)."""
+BYTES_PER_ENCOUNTER = 4096
+"""Room for one encounter in a request body when MAX_BODY_BYTES is derived (compact JSON takes ~1.1 KB)."""
 
 
 class ApiKey(BaseModel):
@@ -71,11 +73,37 @@ class ServingSettings(BaseSettings):
     """Most encounters one POST /predict/batch may carry."""
     microbatch_max_rows: int = Field(64, ge=1, validation_alias="MICROBATCH_MAX_ROWS")
     """Most concurrent single-row requests answered by one model call."""
+    max_in_flight: int = Field(64, ge=1, validation_alias="MAX_IN_FLIGHT")
+    """Most POST /predict requests served at once (from their headers to their answer); one more is
+    answered 503 at once, before its body is read."""
+    max_in_flight_batch: int = Field(4, ge=1, validation_alias="MAX_IN_FLIGHT_BATCH")
+    """Most POST /predict/batch requests served at once; one more is answered 503 at once."""
+    max_queued_batch_rows: int = Field(4000, ge=1, validation_alias="MAX_QUEUED_BATCH_ROWS")
+    """Most encounters of batch requests waiting to be scored; a batch that would pass it is answered 503
+    (a batch is always taken when none waits)."""
+    batch_slice_rows: int = Field(256, ge=1, validation_alias="BATCH_SLICE_ROWS")
+    """Batch requests are scored in slices of this many encounters, single requests going first between two."""
+    request_deadline_ms: int = Field(1000, ge=1, validation_alias="REQUEST_DEADLINE_MS")
+    """A prediction request not scored within this time of its arrival is answered 503 (reason deadline)
+    and never scored."""
+    shed_retry_after_ms: int = Field(1000, ge=1, validation_alias="SHED_RETRY_AFTER_MS")
+    """When a refused (503) caller should try again: ``retry_after_ms`` in the body, ``Retry-After`` in
+    whole seconds (rounded up, at least 1)."""
+    max_body_bytes: int | None = Field(None, ge=1, validation_alias="MAX_BODY_BYTES")
+    """Largest request body; larger is answered 413 before it is parsed (by Content-Length, or by counting a
+    chunked body). Default: MAX_BATCH_SIZE x 4 KiB + 64 KiB (an encounter is ~1.1 KB of JSON)."""
+    inference_stuck_seconds: float = Field(30.0, gt=0, validation_alias="INFERENCE_STUCK_SECONDS")
+    """/health answers 503 when one model call has run longer than this (the liveness probe restarts the pod)."""
     model_cache_dir: str | None = Field(None, validation_alias="MODEL_CACHE_DIR")
     """Where downloaded model versions are kept (None: a temporary folder)."""
     api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field("", validate_default=True,  # type: ignore[assignment]
                                                                validation_alias="API_KEYS")
     """Callers of /predict, /predict/batch and /model: ``name:key`` pairs, comma-separated (required)."""
+
+    @property
+    def body_limit(self) -> int:
+        """MAX_BODY_BYTES, or the default derived from MAX_BATCH_SIZE."""
+        return self.max_body_bytes or self.max_batch_size * BYTES_PER_ENCOUNTER + 65_536
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -2,13 +2,23 @@
 for the page: what happened and what to do, never a host, a path or a library's exception text.
 
 ``ApiUnavailable``: the API cannot answer (unreachable, no model yet, server error);
+``ApiBusy`` (an ``ApiUnavailable``): the API shed the request to keep its latency bounded;
 ``ApiRefused`` (an ``ApiUnavailable``): the API refused the UI's key (401/403);
 ``ApiRejected``: the API refused the input (422), with one message per field.
+
+The API answers 503 for two reasons: no model loaded yet (a body without ``reason``), or at capacity
+(a *shed* request: ``Retry-After`` and a body ``{"detail", "reason", "retry_after_ms"}``, never scored).
+A shed prediction is sent again, at most ``busy_retries`` times, each after the wait the API asks for
+(``retry_after_ms``, capped at ``max_retry_wait`` seconds, with a little jitter so callers shed together do
+not come back together); then ``ApiBusy``. Retrying is safe: a shed request was never scored.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +32,16 @@ NO_MODEL = "No model is loaded yet: the prediction service is waiting for its mo
 REFUSED = "The UI's API key was refused: ask the administrator."
 UNEXPECTED = "The prediction service gave an unexpected answer. Try again; if it persists, ask the administrator."
 REJECTED = "These fields are not valid:"
+BUSY = "The prediction service is busy right now. Try again in a moment."
+
+BUSY_RETRIES = 3
+"""Times a shed prediction request is sent again before the page says the service is busy."""
+MAX_RETRY_WAIT_SECONDS = 2.0
+"""Longest wait before sending a shed request again, whatever the API asks for."""
+DEFAULT_RETRY_MS = 1000
+"""The wait when a shed 503 names none (neither ``retry_after_ms`` nor a ``Retry-After`` in seconds)."""
+JITTER = 0.2
+"""Each wait is lengthened by up to this share of itself (never shortened: the API asked for at least it)."""
 
 
 def failed_message(status: int, request_id: str | None = None) -> str:
@@ -36,6 +56,42 @@ class ApiUnavailable(Exception):
 
 class ApiRefused(ApiUnavailable):
     """The API refused the UI's API key."""
+
+
+class ApiBusy(ApiUnavailable):
+    """The API shed the request (503 with a ``reason``): it was not scored; try again after ``retry_after_ms``."""
+
+    def __init__(self, reason: str, retry_after_ms: int) -> None:
+        super().__init__(BUSY)
+        self.reason = reason
+        self.retry_after_ms = retry_after_ms
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def shed(response: httpx.Response) -> ApiBusy | None:
+    """A shed 503 (its JSON body names a ``reason``) as ``ApiBusy``; None for any other answer (a 503 without
+    ``reason`` means no model is loaded yet)."""
+    if response.status_code != 503:
+        return None
+    body = _json_body(response)
+    if not isinstance(body, dict) or not isinstance(body.get("reason"), str):
+        return None
+    wait = body.get("retry_after_ms")
+    if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
+        seconds = response.headers.get("retry-after", "").strip()
+        wait = int(seconds) * 1000 if seconds.isdigit() else DEFAULT_RETRY_MS
+    return ApiBusy(body["reason"], wait)
+
+
+def retry_wait(retry_after_ms: int, max_wait: float = MAX_RETRY_WAIT_SECONDS) -> float:
+    """Seconds to wait before sending a shed request again: what the API asked for, plus jitter, capped."""
+    return min(max_wait, retry_after_ms / 1000 * (1 + random.uniform(0, JITTER)))  # noqa: S311 - jitter, not a secret
 
 
 @dataclass(frozen=True)
@@ -67,6 +123,29 @@ def field_errors(detail: Any) -> list[FieldError]:
     return errors
 
 
+def json_answer(response: httpx.Response) -> Any:
+    """The JSON body of a successful answer; any other answer raised as the exception whose text the page shows
+    (``ApiRejected``, ``ApiRefused``, ``ApiBusy``, ``ApiUnavailable``)."""
+    if response.status_code == 422:
+        body = _json_body(response)
+        raise ApiRejected(field_errors(body.get("detail") if isinstance(body, dict) else None))
+    if response.status_code in (401, 403):
+        raise ApiRefused(REFUSED)
+    if response.status_code == 503:
+        raise shed(response) or ApiUnavailable(NO_MODEL)
+    if not response.is_success:
+        body = _json_body(response)
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+        log.warning("%s %s answered HTTP %s", response.request.method, response.request.url.path,
+                    response.status_code)
+        raise ApiUnavailable(failed_message(response.status_code, request_id if isinstance(request_id, str)
+                                            else None))
+    body = _json_body(response)
+    if body is None:
+        raise ApiUnavailable(UNEXPECTED)
+    return body
+
+
 @dataclass(frozen=True)
 class Readiness:
     reachable: bool
@@ -76,10 +155,17 @@ class Readiness:
 
 
 class ApiClient:
-    """A thin httpx client of the API at ``base_url``, sending ``api_key`` (use as a context manager)."""
+    """A thin httpx client of the API at ``base_url``, sending ``api_key`` (use as a context manager).
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0) -> None:
+    A shed prediction is sent again up to ``busy_retries`` times, after ``retry_wait`` seconds (``sleep``)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0,
+                 busy_retries: int = BUSY_RETRIES, max_retry_wait: float = MAX_RETRY_WAIT_SECONDS,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
+        self.busy_retries = max(0, busy_retries)
+        self.max_retry_wait = max_retry_wait
+        self._sleep = sleep
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers,
                                   timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
@@ -100,32 +186,8 @@ class ApiClient:
             log.warning("%s %s: %s", method, path, exc or type(exc).__name__)
             raise ApiUnavailable(UNREACHABLE) from exc
 
-    @staticmethod
-    def _body(response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            return None
-
-    def _json(self, response: httpx.Response) -> Any:
-        if response.status_code == 422:
-            body = self._body(response)
-            raise ApiRejected(field_errors(body.get("detail") if isinstance(body, dict) else None))
-        if response.status_code in (401, 403):
-            raise ApiRefused(REFUSED)
-        if response.status_code == 503:
-            raise ApiUnavailable(NO_MODEL)
-        if not response.is_success:
-            body = self._body(response)
-            request_id = body.get("request_id") if isinstance(body, dict) else None
-            log.warning("%s %s answered HTTP %s", response.request.method, response.request.url.path,
-                        response.status_code)
-            raise ApiUnavailable(failed_message(response.status_code, request_id if isinstance(request_id, str)
-                                                else None))
-        body = self._body(response)
-        if body is None:
-            raise ApiUnavailable(UNEXPECTED)
-        return body
+    _body = staticmethod(_json_body)
+    _json = staticmethod(json_answer)
 
     def readiness(self) -> Readiness:
         """GET /ready (open, no key): never raises (an unreachable API is ``reachable=False``)."""
@@ -144,10 +206,25 @@ class ApiClient:
         """GET /model: the model served and its metrics."""
         return self._json(self._request("GET", "/model"))
 
+    def _prediction(self, path: str, body: dict[str, Any]) -> Any:
+        """POST a prediction request, sent again while the API sheds it (``ApiBusy`` once retries run out)."""
+        retries = 0
+        while True:
+            try:
+                return self._json(self._request("POST", path, json=body))
+            except ApiBusy as exc:
+                if retries >= self.busy_retries:
+                    log.warning("POST %s shed (%s) %d time(s): giving up", path, exc.reason, retries + 1)
+                    raise
+                retries += 1
+                wait = retry_wait(exc.retry_after_ms, self.max_retry_wait)
+                log.info("POST %s shed (%s): sending it again in %.2f s", path, exc.reason, wait)
+                self._sleep(wait)
+
     def predict(self, encounter: dict[str, Any]) -> dict[str, Any]:
         """POST /predict: one encounter (contract names) -> its prediction."""
-        return self._json(self._request("POST", "/predict", json=encounter))
+        return self._prediction("/predict", encounter)
 
     def predict_batch(self, encounters: list[dict[str, Any]]) -> dict[str, Any]:
         """POST /predict/batch: encounters (at most the API's MAX_BATCH_SIZE) -> predictions in order."""
-        return self._json(self._request("POST", "/predict/batch", json={"encounters": encounters}))
+        return self._prediction("/predict/batch", {"encounters": encounters})

@@ -254,11 +254,20 @@ def score_upload(data: bytes, client: ApiClient, chunk_size: int, limit_bytes: i
 def show_batch(result: BatchResult, stem: str) -> None:
     scored = result.scored
     n_scored = int(scored["scored"].sum())
-    out_of_scope = result.n_sent - n_scored
+    out_of_scope = result.n_answered - n_scored
     by_contract = len(result.rejected) - result.n_unreadable
     unreadable = f", {result.n_unreadable:,} unreadable (not sent)" if result.n_unreadable else ""
-    st.success(f"{result.n_rows:,} rows: {n_scored:,} scored, {out_of_scope:,} out of scope (not scored), "
-               f"{by_contract:,} rejected by the contract (not sent){unreadable}.")
+    unanswered = (f", {result.n_unanswered:,} not scored because the prediction service did not answer"
+                  if result.n_unanswered else "")
+    summary = (f"{result.n_rows:,} rows: {n_scored:,} scored, {out_of_scope:,} out of scope (not scored), "
+               f"{by_contract:,} rejected by the contract (not sent){unreadable}{unanswered}.")
+    if result.n_unanswered:  # the rows answered are kept; the others are in the download, marked not scored
+        st.warning(summary)
+        st.warning(f"Scoring stopped after {result.n_answered:,} of {result.n_sent:,} valid rows: "
+                   f"{result.interruption} The rows not scored are marked so in the download (column reason); "
+                   "score them again later.")
+    else:
+        st.success(summary)
     for note in result.notes:
         st.caption(note)
     if n_scored:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ..settings import ServingSettings
-from .batching import MicroBatcher
+from .batching import InferenceScheduler
 from .model import ModelHolder
 from .watcher import ModelWatcher
 
@@ -17,7 +17,7 @@ from .watcher import ModelWatcher
 class Services:
     settings: ServingSettings
     holder: ModelHolder
-    batcher: MicroBatcher
+    scheduler: InferenceScheduler
     watcher: ModelWatcher
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -30,19 +31,40 @@ MAX_MESSAGE_CHARS = 1000
 _ABSENT = object()
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: the JSON encoder of the answer would fail on it
+        return False
+    return True
+
+
 def _short(value: Any) -> bool:
-    if value is None or isinstance(value, (bool, int, float)):
+    """Whether an input is echoed: a short scalar the answer's JSON encoder takes (no NaN, no lone surrogate)."""
+    if value is None or isinstance(value, bool):
         return True
-    return isinstance(value, str) and len(value) <= MAX_INPUT_CHARS
+    if isinstance(value, int):
+        return abs(value) < 10**MAX_INPUT_CHARS
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= MAX_INPUT_CHARS and _encodable(value)
+
+
+def _text(value: Any, limit: int) -> str:
+    """``value`` as text the answer can carry: at most ``limit`` characters, lone surrogates escaped."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return text if _encodable(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def brief_error(error: dict[str, Any]) -> dict[str, Any]:
-    """One pydantic error as FastAPI shows it, without a long input or the context."""
-    message = str(error.get("msg", ""))
+    """One pydantic error as FastAPI shows it, without a long input or the context. Parts of ``loc`` are
+    the caller's keys: long ones are cut too."""
     brief: dict[str, Any] = {
-        "type": str(error.get("type", "value_error")),
-        "loc": [part if isinstance(part, (int, str)) else str(part) for part in error.get("loc", ())],
-        "msg": message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…",
+        "type": _text(error.get("type", "value_error"), MAX_INPUT_CHARS),
+        "loc": [part if isinstance(part, int) else _text(part, MAX_INPUT_CHARS) for part in error.get("loc", ())],
+        "msg": _text(error.get("msg", ""), MAX_MESSAGE_CHARS),
     }
     value = error.get("input", _ABSENT)
     if value is not _ABSENT and _short(value):

@@ -14,7 +14,6 @@ variable (never its value).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,12 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from threadpoolctl import threadpool_limits
 
 from ..settings import ServingSettings, settings_error
 from . import metrics
+from .admission import AdmissionMiddleware, Overloaded, Shedder, overloaded_handler
 from .auth import ApiKeyMiddleware, KeyRing, document_security, open_paths
-from .batching import MicroBatcher
+from .batching import InferenceScheduler
+from .body_limit import BodyLimitMiddleware
 from .dependencies import Services
 from .errors import InternalErrorMiddleware, validation_error
 from .middleware import PrometheusMiddleware
@@ -46,22 +46,19 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         holder = ModelHolder()
-        # one inference thread, its OpenMP/BLAS pools limited to 1 thread: tiny calls stay ~2 ms instead of
-        # contending with the event loop for the 2 cores (throughput comes from micro-batching)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
-                                      initializer=threadpool_limits, initargs=(1,))
+        scheduler = InferenceScheduler(holder, settings.microbatch_max_rows, settings.batch_slice_rows,
+                                       settings.max_queued_batch_rows)
         watcher = ModelWatcher(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
                                settings.model_poll_seconds, holder, settings.model_cache_dir)
         metrics.MODEL_LOADED.set(0)
         metrics.MODEL_VERSION.set(0)
-        app.state.services = Services(settings, holder, MicroBatcher(holder, executor, settings.microbatch_max_rows),
-                                      watcher)
+        app.state.services = Services(settings, holder, scheduler, watcher)
         watcher.start()
         try:
             yield
         finally:
             watcher.stop()
-            executor.shutdown(wait=True)
+            scheduler.shutdown()
 
     app = FastAPI(
         title="Diabetes 30-day readmission API",
@@ -71,15 +68,24 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     open_ = open_paths(app)
-    # outermost first: metrics see every answer (401 and 500 included), errors catch what auth and routes raise
-    app.add_middleware(ApiKeyMiddleware, keys=KeyRing(settings.api_keys), open_paths=open_)
-    app.add_middleware(InternalErrorMiddleware)
-    app.add_middleware(PrometheusMiddleware)
-    document_security(app, open_)
-    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.include_router(predict.build_router(settings.max_batch_size))
     app.include_router(health.router)
     app.include_router(model.router)
+    shedder = Shedder(settings.shed_retry_after_ms)
+    # outermost last: metrics see every answer (401, 413, shed 503 and 500 included), errors catch what the
+    # others raise; a request without a key is refused before its size is looked at, and one too large
+    # before it takes an in-flight place; the body is read by the route only once admitted
+    app.add_middleware(AdmissionMiddleware, limits={"/predict": settings.max_in_flight,
+                                                    "/predict/batch": settings.max_in_flight_batch},
+                       deadline_ms=settings.request_deadline_ms, shedder=shedder)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.body_limit)
+    app.add_middleware(ApiKeyMiddleware, keys=KeyRing(settings.api_keys), open_paths=open_)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(PrometheusMiddleware, known_paths=frozenset(
+        route.path for route in app.routes if "{" not in getattr(route, "path", "{")) | {"/metrics"})
+    document_security(app, open_)
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Overloaded, overloaded_handler(shedder))
 
     @app.exception_handler(StarletteHTTPException)
     async def body_errors_are_422(request: Request, exc: StarletteHTTPException) -> Response:

@@ -37,3 +37,26 @@ MODEL_REFUSED_VERSION = Gauge(
     "readmit_api_model_refused_version",
     "Registry version the alias points at that was refused (0: none refused)",
 )
+
+SHED_ROUTES = ("/predict", "/predict/batch")
+SHED_REASONS = ("in_flight", "batch_queue", "deadline")
+SHED = Counter(
+    "readmit_api_shed_total",
+    "Prediction requests answered 503 to keep latency bounded (never scored), by route and reason: in_flight "
+    "(MAX_IN_FLIGHT / MAX_IN_FLIGHT_BATCH reached), batch_queue (MAX_QUEUED_BATCH_ROWS), deadline "
+    "(REQUEST_DEADLINE_MS passed before scoring)",
+    ["route", "reason"],
+)
+for _route in SHED_ROUTES:
+    for _reason in SHED_REASONS:
+        SHED.labels(route=_route, reason=_reason)
+RECORD_FAILURES = Counter(
+    "readmit_api_record_failures_total",
+    "Encounters the model failed on (their own request answered 500, the others of the call answered), by "
+    "reason: exception, non_finite (a probability that is not a finite number)",
+    ["reason"],
+)
+for _reason in ("exception", "non_finite"):
+    RECORD_FAILURES.labels(reason=_reason)
+QUEUED_ROWS = Gauge("readmit_api_inference_queued_rows", "Encounters waiting for the inference worker, by kind",
+                    ["kind"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,8 +11,13 @@ from . import metrics
 
 
 class PrometheusMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """Counts and times every answer by route template. A request answered before routing (401, 413, a shed
+    503) is labelled with its path when that is one of the app's fixed paths (``known_paths``), else
+    ``unmatched`` (the label's values stay bounded whatever paths callers send)."""
+
+    def __init__(self, app: ASGIApp, known_paths: Collection[str] = ()) -> None:
         self.app = app
+        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,6 +40,8 @@ class PrometheusMiddleware:
         finally:
             in_progress.dec()
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None)
+            if template is None:
+                template = scope["path"] if scope["path"] in self.known_paths else "unmatched"
             metrics.REQUESTS.labels(route=template, method=method, status=str(status)).inc()
             metrics.REQUEST_DURATION.labels(route=template, method=method).observe(time.perf_counter() - started)

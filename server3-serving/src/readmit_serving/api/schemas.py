@@ -26,7 +26,20 @@ class BatchResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "stuck"] = "ok"
+    detail: str | None = Field(None, description="Why the API is not live (only with status stuck)")
+
+
+class Message(BaseModel):
+    detail: str
+
+
+class Shed(BaseModel):
+    detail: str
+    reason: Literal["in_flight", "batch_queue", "deadline"] | None = Field(
+        None, description="Why the request was refused (absent: no model loaded yet)")
+    retry_after_ms: int | None = Field(None, description="When to try again (also the Retry-After header, in "
+                                                         "whole seconds)")
 
 
 class Readiness(BaseModel):

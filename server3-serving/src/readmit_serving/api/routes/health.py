@@ -11,9 +11,15 @@ from ..schemas import Health, Readiness
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", response_model=Health, summary="Liveness: the process answers")
-async def health() -> Health:
-    return Health()
+@router.get("/health", response_model=Health, summary="Liveness: the process answers and inference is not stuck",
+            responses={503: {"model": Health, "description": "the inference worker has been on one model call "
+                                                             "longer than INFERENCE_STUCK_SECONDS"}})
+async def health(services: ServicesDep) -> JSONResponse:
+    running = services.scheduler.running_for()
+    if running > services.settings.inference_stuck_seconds:
+        return JSONResponse({"status": "stuck", "detail": f"the inference worker has been on one model call for "
+                                                          f"{running:.0f} s"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready", response_model=Readiness, summary="Readiness: a model is loaded",

@@ -1,35 +1,56 @@
-"""POST /predict and POST /predict/batch."""
+"""POST /predict and POST /predict/batch.
+
+Bodies are strict JSON (``strict_json``); every model call goes through the inference scheduler
+(``batching``), which may refuse a request to keep latency bounded (``admission.Overloaded``: 503).
+"""
 
 # no `from __future__ import annotations`: FastAPI must see the BatchRequest class built at run time
 
-import asyncio
+import math
+import time
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import Field, create_model
 from readmit_contract import Encounter
 
 from .. import metrics
-from ..batching import NoModelError, score
-from ..dependencies import ServicesDep
+from ..batching import NoModelError, RecordFailed
+from ..dependencies import Services, ServicesDep
 from ..model import LoadedModel, out_of_scope
-from ..schemas import BatchResponse, Prediction
+from ..schemas import BatchResponse, Message, Prediction, Shed
+from ..strict_json import StrictJsonRoute
 
 NO_MODEL = "no model loaded yet: waiting for the model alias in MLflow (see /ready)"
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": Message, "description": "The body is larger than MAX_BODY_BYTES (refused before it is read)"},
+    415: {"model": Message, "description": "The body is not JSON (Content-Type) or is compressed (Content-Encoding)"},
+    503: {"model": Shed, "description": "No model loaded yet, or refused to keep latency bounded (then with "
+                                        "Retry-After and retry_after_ms; never scored)"},
+}
 
 
 def _prediction(model: LoadedModel, probability: float | None, reason: str | None = None) -> Prediction:
     if probability is None:
         return Prediction(probability=None, risk_band=None, scored=False, reason=reason,
                           model_name=model.name, model_version=model.version)
+    if not math.isfinite(probability):  # the scheduler refuses these already; never hand one to the JSON encoder
+        raise RecordFailed("a probability that is not a finite number")
     band = model.band(probability)
     metrics.PREDICTIONS.labels(risk_band=band).inc()
     return Prediction(probability=probability, risk_band=band, scored=True,
                       model_name=model.name, model_version=model.version)
 
 
+def _deadline(request: Request, services: Services) -> float:
+    """When this request must have been scored (set on arrival by the admission middleware)."""
+    deadline = getattr(request.state, "deadline", None)
+    return deadline if deadline is not None else time.monotonic() + services.settings.request_deadline_ms / 1000
+
+
 def build_router(max_batch_size: int) -> APIRouter:
-    router = APIRouter(tags=["predictions"])
+    router = APIRouter(tags=["predictions"], route_class=StrictJsonRoute, responses=RESPONSES)
     BatchRequest = create_model(  # noqa: N806 - a model class
         "BatchRequest",
         encounters=(list[Encounter], Field(min_length=1, max_length=max_batch_size,
@@ -37,7 +58,7 @@ def build_router(max_batch_size: int) -> APIRouter:
     )
 
     @router.post("/predict", response_model=Prediction, summary="Risk of 30-day readmission of one encounter")
-    async def predict(encounter: Encounter, services: ServicesDep) -> Prediction:
+    async def predict(encounter: Encounter, services: ServicesDep, request: Request) -> Prediction:
         record = encounter.to_record()
         reason = out_of_scope(record)
         if reason is not None:
@@ -46,13 +67,15 @@ def build_router(max_batch_size: int) -> APIRouter:
                 raise HTTPException(status_code=503, detail=NO_MODEL)
             return _prediction(model, None, reason)
         try:
-            probability, model = await services.batcher.predict(record)
+            probability, model = await services.scheduler.predict(record, _deadline(request, services))
         except NoModelError:
             raise HTTPException(status_code=503, detail=NO_MODEL) from None
         return _prediction(model, probability)
 
-    @router.post("/predict/batch", response_model=BatchResponse, summary="Risk of 30-day readmission of many encounters")
-    async def predict_batch(body: BatchRequest, services: ServicesDep) -> BatchResponse:  # type: ignore[valid-type]
+    @router.post("/predict/batch", response_model=BatchResponse,
+                 summary="Risk of 30-day readmission of many encounters")
+    async def predict_batch(body: BatchRequest, services: ServicesDep,  # type: ignore[valid-type]
+                            request: Request) -> BatchResponse:
         model = services.holder.current
         if model is None:
             raise HTTPException(status_code=503, detail=NO_MODEL)
@@ -61,8 +84,8 @@ def build_router(max_batch_size: int) -> APIRouter:
         scorable = [r for r, why in zip(records, reasons, strict=True) if why is None]
         probabilities: list[float] = []
         if scorable:
-            loop = asyncio.get_running_loop()
-            probabilities = (await loop.run_in_executor(services.batcher.executor, score, model, scorable)).tolist()
+            scored = await services.scheduler.predict_many(scorable, model, _deadline(request, services))
+            probabilities = scored.tolist()
         answers = iter(probabilities)
         predictions = [_prediction(model, next(answers)) if why is None else _prediction(model, None, why)
                        for why in reasons]
