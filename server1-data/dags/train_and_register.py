@@ -8,18 +8,24 @@ Runs when `preprocess_incremental` updates the `clean_encounters` Asset (or by h
    estimator) on those batches, evaluates it on the validation split, and logs parameters, lineage,
    ROC-AUC / PR-AUC / Brier / log loss / F1 / recall at the chosen threshold, a calibration plot, a
    confusion matrix and the model (signature, input example) to MLflow;
-3. `register_best` — registers the best candidate as `MODEL_NAME` and moves the `champion` alias to
-   it only if it beats the current champion on the same validation set; otherwise it becomes
-   `challenger`, with the reason recorded;
+3. `register_best` — decides, then registers: the best candidate is compared with the current champion
+   on the same validation rows (both re-scored; a paired bootstrap over patients, corrected for having
+   picked the best of N candidates) and registered as a version of `MODEL_NAME` with its decision as
+   tags in one call; the `champion` alias moves to it only if the lower bound of its lead exceeds
+   `PROMOTION_MIN_DELTA`, otherwise it becomes `challenger`. A registry error (MLflow unreachable,
+   timeout, 5xx, 401/403) fails the task, never counts as "no champion"; the task retries, and a retry
+   completes the version an earlier attempt registered instead of creating another;
 4. `record_test_metrics` — the champion's test-set metrics, computed once.
 
 Params: `candidates` (default from `CANDIDATES`). Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`,
-`MLFLOW_EXPERIMENT_NAME`, `MODEL_NAME`, `MODEL_ALIAS`, `PROMOTION_MIN_DELTA`.
+`MLFLOW_EXPERIMENT_NAME`, `MODEL_NAME`, `MODEL_ALIAS`, `PROMOTION_MIN_DELTA`, `PROMOTION_CONFIDENCE`,
+`PROMOTION_BOOTSTRAP_SAMPLES`, `MLFLOW_HTTP_REQUEST_TIMEOUT`, `MLFLOW_HTTP_REQUEST_MAX_RETRIES`,
+`MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from readmit_data.assets import CLEAN_ENCOUNTERS_ASSET
@@ -73,7 +79,8 @@ def train_and_register():
     def train_candidate(candidate: str, data: dict) -> dict:
         from readmit_data.settings import DataSettings
         from readmit_data.stores import make_engine
-        from readmit_data.training import Snapshot, train_candidate as train
+        from readmit_data.training import Snapshot
+        from readmit_data.training import train_candidate as train
 
         settings = DataSettings()
         context = get_current_context()
@@ -86,7 +93,8 @@ def train_and_register():
         print(f"{candidate}: run {result.run_id}, validation {result.metrics}")
         return result.to_dict()
 
-    @task
+    # idempotent (a retry completes what an earlier attempt registered): retried when MLflow is back
+    @task(retries=2, retry_delay=timedelta(minutes=1), retry_exponential_backoff=True)
     def register_best(results: list[dict]) -> dict:
         from readmit_data.registry import best_candidate, register_and_promote
         from readmit_data.settings import DataSettings
@@ -94,16 +102,17 @@ def train_and_register():
         from readmit_data.training import CandidateResult
 
         settings = DataSettings()
-        best = best_candidate([CandidateResult(**r) for r in results])
+        trained = [CandidateResult(**r) for r in results]
+        best = best_candidate(trained)
         engine = make_engine(settings.clean_db_url)
         try:
-            promotion = register_and_promote(settings, engine, best)
+            promotion = register_and_promote(settings, engine, best, candidates=len(trained))
         finally:
             engine.dispose()
         print(promotion.reason)
         return promotion.to_dict()
 
-    @task
+    @task(retries=2, retry_delay=timedelta(minutes=1), retry_exponential_backoff=True)
     def record_test_metrics(promotion: dict) -> dict | None:
         from readmit_data.registry import record_champion_test_metrics
         from readmit_data.settings import DataSettings

@@ -9,7 +9,6 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-
 from readmit_contract import validate
 from readmit_contract.artifact import DIGEST_TAG, artifact_digest
 from readmit_contract.columns import FEATURE_COLUMNS
@@ -69,6 +68,7 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     champion = client.get_model_version_by_alias(model_name, "champion")
     assert champion.version == "1" and champion.run_id == best.info.run_id
     assert champion.tags["promotion"].startswith("first model")
+    assert champion.tags["promotion.decision"] == "first_model" and champion.tags["promotion.champion"] == "none"
     mlflow.set_tracking_uri(tracking.uri)  # models:/ URIs resolve through the process-wide registry URI
     with tempfile.TemporaryDirectory() as tmp:  # the digest of the artifact as MLflow hands it out, for serving
         assert champion.tags[DIGEST_TAG] == artifact_digest(mlflow.artifacts.download_artifacts(
@@ -101,7 +101,16 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     challenger = client.get_model_version_by_alias(model_name, "challenger")
     assert challenger.version == "2"
     assert challenger.tags["promotion"].startswith("not promoted: prior_baseline validation ROC-AUC 0.5000")
+    # the decision and its figures were registered with the version: champion v1 re-scored on the same rows,
+    # a paired bootstrap over patients (one candidate in this run: no best-of-N correction)
+    assert challenger.tags["promotion.decision"] == "not_better" and challenger.tags["promotion.champion"] == "1"
+    assert float(challenger.tags["gate.champion_roc_auc"]) == pytest.approx(best.data.metrics["val_roc_auc"], abs=1e-6)
+    assert float(challenger.tags["gate.lower_bound"]) < float(challenger.tags["gate.delta"]) < 0
+    assert challenger.tags["gate.candidates"] == "1" and float(challenger.tags["gate.confidence"]) == 0.95
+    assert int(challenger.tags["gate.patients"]) <= int(challenger.tags["gate.rows"])
     assert "test_roc_auc" not in challenger.tags
     assert re.fullmatch(r"[0-9a-f]{64}", challenger.tags[DIGEST_TAG])
     baseline_run = client.get_run(challenger.run_id)
     assert baseline_run.data.tags["promotion"] == challenger.tags["promotion"]
+    assert baseline_run.data.tags["gate.lower_bound"] == challenger.tags["gate.lower_bound"]
+    assert len(client.search_model_versions(f"name = '{model_name}'")) == 2  # one version per run that won

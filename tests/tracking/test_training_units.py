@@ -1,11 +1,12 @@
 """The training functions the DAG calls, without a server."""
 
+from itertools import combinations
+
 import numpy as np
 import pytest
-from sklearn.pipeline import Pipeline
-
 from readmit_contract import TARGET, EncounterFeatures, clean, validate
-from readmit_data.candidates import CANDIDATES, build_pipeline
+from readmit_contract.artifact import verify_format_and_types
+from readmit_data.candidates import CANDIDATES, build_pipeline, fit_pipeline
 from readmit_data.registry import best_candidate
 from readmit_data.stores import engines
 from readmit_data.training import (
@@ -17,6 +18,10 @@ from readmit_data.training import (
     skops_trusted_types,
     take_snapshot,
 )
+from sklearn.base import clone
+from sklearn.calibration import _SigmoidCalibration
+from sklearn.model_selection import PredefinedSplit, cross_val_predict
+from sklearn.pipeline import Pipeline
 
 
 def test_threshold_maximises_f1():
@@ -63,9 +68,9 @@ def test_foreign_types_are_never_trusted(synthetic_frame):
 
 
 def test_no_clean_data_is_a_clear_error(tmp_path):
-    with engines(f"sqlite:///{tmp_path / 'r.db'}", f"sqlite:///{tmp_path / 'c.db'}") as (_, clean_store):
-        with pytest.raises(NoTrainingData, match="preprocess_incremental"):
-            take_snapshot(clean_store)
+    with (engines(f"sqlite:///{tmp_path / 'r.db'}", f"sqlite:///{tmp_path / 'c.db'}") as (_, clean_store),
+          pytest.raises(NoTrainingData, match="preprocess_incremental")):
+        take_snapshot(clean_store)
 
 
 def test_best_candidate_by_validation_roc_auc():
@@ -73,3 +78,37 @@ def test_best_candidate_by_validation_roc_auc():
     assert best_candidate(results).candidate == "b"
     with pytest.raises(ValueError):
         best_candidate([])
+
+
+def test_random_forest_calibration_folds_are_grouped_by_patient(synthetic_frame, tmp_path):
+    import mlflow
+
+    rows = clean(validate(synthetic_frame).valid).clean
+    patients = rows["patient_nbr"].to_numpy()
+    assert rows["patient_nbr"].duplicated().sum() > 300  # patients come back
+    y = rows[TARGET].to_numpy()
+    pipeline = build_pipeline("random_forest").set_params(model__estimator__n_estimators=15)
+    fit_pipeline(pipeline, rows, y)
+
+    calibration = pipeline.named_steps["model"]
+    folds = calibration.cv
+    assert isinstance(folds, PredefinedSplit) and folds.get_n_splits() == 3
+    fold_patients = [set(patients[test]) for _, test in folds.split()]
+    assert all(a.isdisjoint(b) for a, b in combinations(fold_patients, 2))  # no patient in two folds
+    assert set().union(*fold_patients) == set(patients) and min(map(len, fold_patients)) > 500
+
+    # the sigmoid was fitted on those folds' out-of-fold scores: recomputed by hand, the same
+    features = pipeline.named_steps["features"].transform(rows)
+    out_of_fold = cross_val_predict(clone(calibration.estimator), features, y, cv=folds, method="predict_proba")
+    expected = _SigmoidCalibration().fit(out_of_fold[:, 1], y)
+    fitted = calibration.calibrated_classifiers_[0].calibrators[0]
+    assert (fitted.a_, fitted.b_) == pytest.approx((expected.a_, expected.b_))
+    assert len(calibration.calibrated_classifiers_) == 1  # one forest refit on all rows, as serving walks it
+
+    # saved as training logs it, the model passes serving's format and allowed-types checks and loads
+    folder = tmp_path / "model"
+    mlflow.sklearn.save_model(pipeline, str(folder), serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+                              skops_trusted_types=skops_trusted_types(pipeline))
+    verify_format_and_types(folder)
+    loaded = mlflow.sklearn.load_model(str(folder))
+    np.testing.assert_allclose(loaded.predict_proba(rows.head(50)), pipeline.predict_proba(rows.head(50)))

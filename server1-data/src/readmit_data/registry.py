@@ -1,23 +1,36 @@
-"""Registering the best candidate and moving the ``champion`` alias only when it wins.
+"""Registering the best candidate together with its promotion decision, then moving the alias.
 
-The best candidate (validation ROC-AUC) is registered as a new version of
-``MODEL_NAME``. It takes the ``champion`` alias only if it beats the current
-champion on the same validation set (the champion is re-scored on today's
-validation rows, not compared with a figure from another day's data); otherwise it
-becomes ``challenger`` and the reason is recorded on the version and on its run. A
-champion's test-set metrics are computed once, when it first becomes champion.
+The order makes a failure at any step leave nothing half-done, and a retry finish the job:
+
+1. The current champion is looked up. A registry error (unreachable, timeout, 5xx, 401, 403, ...) stops
+   the task with a ``RegistryError``: only "the registered model does not exist"
+   (``RESOURCE_DOES_NOT_EXIST``) or "it has no champion alias" means that there is no champion yet.
+2. The decision is made before anything is written. The candidate's logged model is downloaded and
+   checked against the artifact contract (skops, allowed types; its checksum computed); the champion
+   is loaded through serving's own checks; both are scored on today's validation rows and compared by
+   a paired bootstrap over patients, corrected for the run's best-of-N pick (``readmit_data.gate``).
+   A champion that cannot be loaded (refused by the checks, failing to load or to score) is an
+   explicit decision, ``champion_unloadable``, with its reason: the candidate replaces it.
+3. The version is created with its decision, its figures and its checksum as tags, in one registry
+   call: no version ever exists without its decision.
+4. The alias moves (``champion`` if promoted, else ``challenger``) and the decision is copied to the run.
+
+A retry finds the version this run already registered (by run id), completes its alias and run tags,
+and never creates a second one. If the champion moved since the recorded decision, the decision is
+made again against the new champion and the version's tags updated before the alias moves.
+
+A champion's test-set metrics are computed once, when it first becomes champion.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from readmit_contract import TARGET
-from readmit_contract import artifact
+from readmit_contract import TARGET, artifact
 from readmit_contract.artifact import (
     DIGEST_TAG,
     ArtifactRefused,
@@ -25,14 +38,60 @@ from readmit_contract.artifact import (
     download_registered,
     verify_format_and_types,
 )
-from sklearn.metrics import roc_auc_score
 from sqlalchemy import Engine
 
+from .candidates import PATIENT_COLUMN
+from .gate import Comparison, paired_bootstrap
+from .mlflow_access import RegistryError, is_not_found, registry_call
 from .settings import DataSettings
 from .training import CandidateResult, evaluate, read_split
 
 TEST_TAG_PREFIX = "test_"
+TEST_DONE_TAG = "test_rows"
+"""Set last when a champion's test metrics are recorded: their completion marker."""
+DECISION_TAG = "promotion.decision"
+PROMOTED_TAG = "promotion.promoted"
+CHAMPION_TAG = "promotion.champion"
+"""The champion version the decision was made against ("none": there was none)."""
+REASON_TAG = "promotion"
+
+FIRST_MODEL = "first_model"
+BETTER = "better"
+NOT_BETTER = "not_better"
+CHAMPION_UNLOADABLE = "champion_unloadable"
+DECISIONS = (FIRST_MODEL, BETTER, NOT_BETTER, CHAMPION_UNLOADABLE)
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a candidate takes the champion alias, why, and the figures it rests on."""
+
+    kind: str
+    promoted: bool
+    reason: str
+    champion_version: str | None
+    figures: dict[str, str] = field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        return {
+            REASON_TAG: self.reason,
+            DECISION_TAG: self.kind,
+            PROMOTED_TAG: "true" if self.promoted else "false",
+            CHAMPION_TAG: self.champion_version or "none",
+            **self.figures,
+        }
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Decision | None:
+        """The decision recorded on a version, None if it has none."""
+        if tags.get(DECISION_TAG) not in DECISIONS or REASON_TAG not in tags:
+            return None
+        champion = tags.get(CHAMPION_TAG, "none")
+        return cls(kind=tags[DECISION_TAG], promoted=tags.get(PROMOTED_TAG) == "true", reason=tags[REASON_TAG],
+                   champion_version=None if champion == "none" else champion,
+                   figures={k: v for k, v in tags.items() if k.startswith("gate.")})
 
 
 @dataclass(frozen=True)
@@ -47,6 +106,10 @@ class Promotion:
     candidate_roc_auc: float
     champion_roc_auc: float | None
     previous_champion: str | None
+    decision: str = ""
+    figures: dict[str, str] = field(default_factory=dict)
+    reused: bool = False
+    """True when a retry found the version already registered by this run and completed it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,26 +130,39 @@ def _client(settings: DataSettings):
 
 
 def current_champion(settings: DataSettings):
-    """The model version holding the champion alias, or None."""
+    """The model version holding the champion alias, or None when the registered model does not exist or has
+    no such alias. Any other registry failure raises ``RegistryError``: it never passes for "no champion"."""
     from mlflow.exceptions import MlflowException
 
     client = _client(settings)
-    try:
-        return client.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    except MlflowException:
-        return None
+    name, alias = settings.model_name, settings.model_alias
+    with registry_call(settings, f"looking up {name}@{alias}", "nothing was registered or promoted"):
+        try:
+            registered = client.get_registered_model(name)
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        version = (registered.aliases or {}).get(alias)
+        if version is None:
+            return None
+        return client.get_model_version(name, str(version))
 
 
 def record_artifact_digest(settings: DataSettings, version: str) -> str:
     """Tag ``version`` with the digest of its artifact as MLflow stores it, after checking the artifact meets the
-    contract (skops, allowed types: ``ArtifactRefused`` otherwise, and no tag). Returns the digest."""
+    contract (skops, allowed types: ``ArtifactRefused`` otherwise, and no tag). Returns the digest.
+
+    For versions registered before checksums existed (``readmit-data record-checksum``): training registers
+    each version with its digest."""
     client = _client(settings)
-    with tempfile.TemporaryDirectory(prefix="readmit-register-") as tmp:
-        folder = download_registered(client, settings.model_name, version, Path(tmp) / "model",
-                                     settings.mlflow_tracking_uri)
-        verify_format_and_types(folder)
-        digest = artifact_digest(folder)
-    client.set_model_version_tag(settings.model_name, version, DIGEST_TAG, digest)
+    with registry_call(settings, f"recording the checksum of {settings.model_name} v{version}", "no tag was set"):
+        with tempfile.TemporaryDirectory(prefix="readmit-register-") as tmp:
+            folder = download_registered(client, settings.model_name, version, Path(tmp) / "model",
+                                         settings.mlflow_tracking_uri)
+            verify_format_and_types(folder)
+            digest = artifact_digest(folder)
+        client.set_model_version_tag(settings.model_name, version, DIGEST_TAG, digest)
     return digest
 
 
@@ -100,77 +176,211 @@ def load_verified(settings: DataSettings, version: str):
                                       settings.mlflow_tracking_uri)
 
 
-def _against_champion(settings: DataSettings, clean_store: Engine, best: CandidateResult,
-                      champion) -> tuple[bool, str, float | None]:
-    """(promoted, reason, champion's validation ROC-AUC) of ``best`` against the current champion."""
-    candidate_auc = best.metrics["roc_auc"]
-    if champion is None:
-        return True, f"first model: validation ROC-AUC {candidate_auc:.4f}", None
+def _load_champion(settings: DataSettings, champion) -> tuple[Any, str | None]:
+    """(the champion's Pipeline, None), or (None, why it cannot be used). Registry errors raise."""
     try:
-        champion_model = load_verified(settings, champion.version)
+        with registry_call(settings, f"downloading champion v{champion.version} of {settings.model_name}",
+                           "nothing was registered or promoted"):
+            return load_verified(settings, str(champion.version)), None
     except ArtifactRefused as refused:
         log.warning("champion v%s is refused (%s): %s", champion.version, refused.code, refused.details)
-        return True, (f"promoted: champion v{champion.version} was refused ({refused.reason}); "
-                      f"{best.candidate} validation ROC-AUC {candidate_auc:.4f}"), None
-    validation = read_split(clean_store, "validation")
-    champion_auc = float(roc_auc_score(validation[TARGET].to_numpy(), champion_model.predict_proba(validation)[:, 1]))
-    promoted = candidate_auc > champion_auc + settings.promotion_min_delta
-    comparison = (
-        f"{best.candidate} validation ROC-AUC {candidate_auc:.4f} vs champion v{champion.version} "
-        f"{champion_auc:.4f} on the same {len(validation)} validation rows (min delta {settings.promotion_min_delta})"
+        return None, f"its artifact is refused ({refused.code}: {refused.reason})"
+    except RegistryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a local load failure, whatever the library raises
+        log.warning("champion v%s cannot be loaded", champion.version, exc_info=True)
+        return None, f"it cannot be loaded ({type(exc).__name__})"
+
+
+def _unloadable(best: CandidateResult, champion_version: str, why: str) -> Decision:
+    return Decision(
+        kind=CHAMPION_UNLOADABLE, promoted=True, champion_version=champion_version,
+        reason=(f"promoted: champion v{champion_version} cannot be used: {why}; {best.candidate} "
+                f"validation ROC-AUC {best.metrics['roc_auc']:.4f} replaces it"),
     )
-    return promoted, ("promoted: " if promoted else "not promoted: ") + comparison, champion_auc
 
 
-def register_and_promote(settings: DataSettings, clean_store: Engine, best: CandidateResult) -> Promotion:
+def _compare(settings: DataSettings, best: CandidateResult, champion_version: str, champion_model: Any,
+             candidate_model: Any, clean_store: Engine, candidates: int) -> Decision:
+    validation = read_split(clean_store, "validation")
+    try:
+        champion_proba = champion_model.predict_proba(validation)[:, 1]
+    except Exception as exc:  # noqa: BLE001 - whatever makes the champion unusable on today's rows
+        log.warning("champion v%s cannot score the validation rows", champion_version, exc_info=True)
+        return _unloadable(best, champion_version, f"it fails to score the validation rows ({type(exc).__name__})")
+    comparison: Comparison = paired_bootstrap(
+        validation[TARGET].to_numpy(), candidate_model.predict_proba(validation)[:, 1], champion_proba,
+        validation[PATIENT_COLUMN].to_numpy(), candidates=candidates, confidence=settings.promotion_confidence,
+        samples=settings.promotion_bootstrap_samples, min_delta=settings.promotion_min_delta,
+        seed=settings.random_seed,
+    )
+    promoted = comparison.promoted
+    reason = (
+        ("promoted: " if promoted else "not promoted: ")
+        + f"{best.candidate} validation ROC-AUC {comparison.challenger_auc:.4f} vs champion v{champion_version} "
+        + f"{comparison.champion_auc:.4f} on the same {comparison.rows} validation rows: delta "
+        + f"{comparison.delta:+.4f}, {comparison.confidence:.2%} lower bound {comparison.lower_bound:+.4f} "
+        + f"(paired bootstrap over {comparison.patients} patients, {comparison.samples} samples, best of "
+        + f"{comparison.candidates} candidates), min delta {settings.promotion_min_delta:g}"
+    )
+    return Decision(kind=BETTER if promoted else NOT_BETTER, promoted=promoted, reason=reason,
+                    champion_version=champion_version, figures=comparison.tags())
+
+
+def decide(settings: DataSettings, clean_store: Engine, best: CandidateResult, champion,
+           candidates: int = 1) -> tuple[Decision, str]:
+    """(the decision for ``best`` against ``champion``, the checksum of ``best``'s model artifact).
+
+    Writes nothing. ``ArtifactRefused`` if the candidate's own artifact fails the contract (it must never be
+    registered); ``RegistryError`` if MLflow fails."""
     import mlflow
 
+    with tempfile.TemporaryDirectory(prefix="readmit-gate-") as tmp:
+        with registry_call(settings, f"downloading the model of {best.candidate} (run {best.run_id})",
+                           "nothing was registered or promoted"):
+            folder = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=best.model_uri, dst_path=str(Path(tmp) / "candidate"),
+                tracking_uri=settings.mlflow_tracking_uri))
+        verify_format_and_types(folder)
+        digest = artifact_digest(folder)
+        if champion is None:
+            return Decision(kind=FIRST_MODEL, promoted=True, champion_version=None,
+                            reason=f"first model: validation ROC-AUC {best.metrics['roc_auc']:.4f}"), digest
+        champion_version = str(champion.version)
+        champion_model, refusal = _load_champion(settings, champion)
+        if refusal is not None:
+            return _unloadable(best, champion_version, refusal), digest
+        candidate_model = mlflow.sklearn.load_model(str(folder))
+    return _compare(settings, best, champion_version, champion_model, candidate_model, clean_store,
+                    candidates), digest
+
+
+def versions_of_run(settings: DataSettings, run_id: str) -> list:
+    """The versions of ``MODEL_NAME`` registered from run ``run_id``, oldest first."""
+    name = settings.model_name
+    if "'" in name or "'" in run_id:
+        raise ValueError("model name and run id must not contain quotes")
     client = _client(settings)
+    with registry_call(settings, f"looking for versions of {name} from run {run_id}",
+                       "nothing was registered or promoted"):
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _drop_duplicates(settings: DataSettings, versions: list) -> None:
+    """Versions beyond the first from the same run: a create call MLflow's client retried after the server
+    had already created the version. Deleted, unless an alias points at them (then left, with a warning)."""
+    client = _client(settings)
+    for duplicate in versions[1:]:
+        if duplicate.aliases:
+            log.warning("v%s duplicates v%s (same run) but holds %s: left alone", duplicate.version,
+                        versions[0].version, duplicate.aliases)
+            continue
+        log.warning("deleting v%s: a duplicate of v%s (same run %s)", duplicate.version, versions[0].version,
+                    duplicate.run_id)
+        with registry_call(settings, f"deleting duplicate v{duplicate.version}", "the duplicate stays"):
+            client.delete_model_version(settings.model_name, duplicate.version)
+
+
+def register_and_promote(settings: DataSettings, clean_store: Engine, best: CandidateResult,
+                         candidates: int = 1) -> Promotion:
+    """Register ``best`` (the best of ``candidates`` trained in this run) with its decision, then move the
+    alias; a retry completes what an earlier attempt registered. See the module's doc."""
+    import mlflow
+
+    existing = versions_of_run(settings, best.run_id)
     champion = current_champion(settings)
-    version = mlflow.register_model(
-        best.model_uri, settings.model_name,
-        tags={"candidate": best.candidate, "val_roc_auc": f"{best.metrics['roc_auc']:.6f}"},
-    ).version
-    record_artifact_digest(settings, version)  # before any alias can point at it
-    candidate_auc = best.metrics["roc_auc"]
-    promoted, reason, champion_auc = _against_champion(settings, clean_store, best, champion)
-    alias = settings.model_alias if promoted else settings.challenger_alias
-    client.set_registered_model_alias(settings.model_name, alias, version)
-    client.set_model_version_tag(settings.model_name, version, "promotion", reason)
-    client.set_tag(best.run_id, "promotion", reason)
+    if existing:
+        _drop_duplicates(settings, existing)
+        return _complete_existing(settings, clean_store, best, existing[0], champion, candidates)
+
+    decision, digest = decide(settings, clean_store, best, champion, candidates)
+    tags = {**decision.tags(), DIGEST_TAG: digest, "candidate": best.candidate,
+            "val_roc_auc": f"{best.metrics['roc_auc']:.6f}"}
+    with registry_call(settings, f"registering {best.candidate} (run {best.run_id}) as a version of "
+                                 f"{settings.model_name}",
+                       "no alias moved; a retry of the task reuses a version this run may have created"):
+        version = str(mlflow.register_model(best.model_uri, settings.model_name, tags=tags).version)
+    return _move_alias(settings, best, version, decision, reused=False)
+
+
+def _complete_existing(settings: DataSettings, clean_store: Engine, best: CandidateResult, registered,
+                       champion, candidates: int) -> Promotion:
+    version = str(registered.version)
+    champion_version = None if champion is None else str(champion.version)
+    decision = Decision.from_tags(dict(registered.tags))
+    stale = decision is not None and champion_version not in (decision.champion_version, version)
+    if decision is None or stale:
+        log.warning("v%s (run %s) has %s: deciding again against champion %s", version, best.run_id,
+                    "a decision made against another champion" if stale else "no decision",
+                    champion_version or "(none)")
+        decision, digest = decide(settings, clean_store, best, champion, candidates)
+        client = _client(settings)
+        with registry_call(settings, f"recording the decision on {settings.model_name} v{version}",
+                           "no alias moved; a retry of the task completes the version"):
+            for key, value in {**decision.tags(), DIGEST_TAG: digest}.items():
+                client.set_model_version_tag(settings.model_name, version, key, value)
+    log.info("v%s was registered by an earlier attempt of run %s: completing it (%s)", version, best.run_id,
+             decision.kind)
+    return _move_alias(settings, best, version, decision, reused=True)
+
+
+def _move_alias(settings: DataSettings, best: CandidateResult, version: str, decision: Decision,
+                reused: bool) -> Promotion:
+    from mlflow.entities import RunTag
+
+    client = _client(settings)
+    alias = settings.model_alias if decision.promoted else settings.challenger_alias
+    pending = (f"v{version} is registered with its decision ({decision.kind}) but the alias did not move; "
+               "a retry of the task completes it")
+    with registry_call(settings, f"moving {settings.model_name}@{alias} to v{version}", pending):
+        client.set_registered_model_alias(settings.model_name, alias, version)
+    with registry_call(settings, f"recording the decision on run {best.run_id}",
+                       f"{settings.model_name}@{alias} is v{version}; the run lacks the decision's tags "
+                       "until a retry"):
+        client.log_batch(best.run_id, tags=[RunTag(k, v) for k, v in decision.tags().items()])
+    champion_auc = decision.figures.get("gate.champion_roc_auc")
     return Promotion(
         model_name=settings.model_name,
-        version=str(version),
+        version=version,
         candidate=best.candidate,
         run_id=best.run_id,
-        promoted=promoted,
+        promoted=decision.promoted,
         alias=alias,
-        reason=reason,
-        candidate_roc_auc=candidate_auc,
-        champion_roc_auc=champion_auc,
-        previous_champion=None if champion is None else str(champion.version),
+        reason=decision.reason,
+        candidate_roc_auc=best.metrics["roc_auc"],
+        champion_roc_auc=None if champion_auc is None else float(champion_auc),
+        previous_champion=decision.champion_version,
+        decision=decision.kind,
+        figures=decision.figures,
+        reused=reused,
     )
 
 
 def record_champion_test_metrics(settings: DataSettings, clean_store: Engine) -> dict[str, float] | None:
-    """Test-set metrics of the current champion, computed and recorded once (None if already there or refused)."""
+    """Test-set metrics of the current champion, computed and recorded once (None if already there or refused).
+    ``test_rows`` is written last: a champion without it (an attempt that failed half-way) is done again."""
     client = _client(settings)
     champion = current_champion(settings)
-    if champion is None or any(k.startswith(TEST_TAG_PREFIX) for k in champion.tags):
+    if champion is None or TEST_DONE_TAG in champion.tags:
         return None
     test = read_split(clean_store, "test")
     if test.empty:
         return None
     try:
-        model = load_verified(settings, champion.version)
+        with registry_call(settings, f"downloading champion v{champion.version}", "no test metrics recorded"):
+            model = load_verified(settings, str(champion.version))
     except ArtifactRefused as refused:
         log.warning("champion v%s is refused (%s), no test metrics: %s", champion.version, refused.code,
                     refused.details)
         return None
-    threshold = client.get_run(champion.run_id).data.metrics.get("threshold", 0.5)
-    metrics = evaluate(test[TARGET].to_numpy(), model.predict_proba(test)[:, 1], threshold)
-    for key, value in metrics.items():
-        client.set_model_version_tag(settings.model_name, champion.version, f"{TEST_TAG_PREFIX}{key}", f"{value:.6f}")
-        client.log_metric(champion.run_id, f"{TEST_TAG_PREFIX}{key}", value)
-    client.set_model_version_tag(settings.model_name, champion.version, "test_rows", str(len(test)))
+    with registry_call(settings, f"recording the test metrics of champion v{champion.version}",
+                       "a retry of the task records them"):
+        threshold = client.get_run(champion.run_id).data.metrics.get("threshold", 0.5)
+        metrics = evaluate(test[TARGET].to_numpy(), model.predict_proba(test)[:, 1], threshold)
+        for key, value in metrics.items():
+            client.set_model_version_tag(settings.model_name, champion.version, f"{TEST_TAG_PREFIX}{key}",
+                                         f"{value:.6f}")
+            client.log_metric(champion.run_id, f"{TEST_TAG_PREFIX}{key}", value)
+        client.set_model_version_tag(settings.model_name, champion.version, TEST_DONE_TAG, str(len(test)))
     return metrics

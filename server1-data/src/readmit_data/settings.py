@@ -31,7 +31,20 @@ class DataSettings(BaseSettings):
     candidates: str = Field("logistic_regression,random_forest,hist_gradient_boosting", validation_alias="CANDIDATES")
     """Comma-separated candidate names (see readmit_data.candidates)."""
     promotion_min_delta: float = Field(0.0, ge=0.0, validation_alias="PROMOTION_MIN_DELTA")
-    """A candidate takes the champion alias only if its validation ROC-AUC beats the champion's by more."""
+    """A candidate takes the champion alias only if the lower bound of its validation ROC-AUC lead over the
+    champion (paired bootstrap over patients, see readmit_data.gate) exceeds this margin."""
+    promotion_confidence: float = Field(0.95, gt=0.5, lt=1.0, validation_alias="PROMOTION_CONFIDENCE")
+    """Confidence of the one-sided interval of that lead, before the correction for the run's N candidates
+    (Bonferroni: the bound is taken at 1 - (1 - PROMOTION_CONFIDENCE) / N)."""
+    promotion_bootstrap_samples: int = Field(1000, ge=100, le=100_000, validation_alias="PROMOTION_BOOTSTRAP_SAMPLES")
+    """Bootstrap samples of the lead (raised automatically when too few for the corrected tail)."""
+    mlflow_http_request_timeout: int = Field(30, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
+    """Seconds MLflow's client waits for an answer (MLflow's own variable; its default, 120, is lifted here)."""
+    mlflow_http_request_max_retries: int = Field(3, ge=0, le=10, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    """Retries of a failed MLflow request (MLflow's default, 7, holds a task for minutes when MLflow is down)."""
+    mlflow_http_request_backoff_factor: int = Field(1, ge=0, le=10,
+                                                    validation_alias="MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+    """Exponential backoff factor between those retries, in seconds (1: about 0, 2, 4 s)."""
     random_seed: int = Field(0, validation_alias="RANDOM_SEED")
 
     @property

@@ -5,10 +5,16 @@ clean train rows of a fixed snapshot of batches, evaluated on the validation spl
 and logged with its parameters, data lineage, validation metrics at the chosen
 threshold, a calibration plot, a confusion matrix, and the model itself (signature,
 input example, ``predict_proba`` as its pyfunc method).
+
+MLflow failing on the way (tracking server down, its artifact store down, 5xx, authentication)
+stops the candidate with a ``RegistryError`` saying which step failed; the run is marked failed
+when MLflow still answers, and a failed run is never registered (registration takes the results
+of candidates that finished). A retry trains the candidate again in a new run.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,9 +44,12 @@ from sklearn.metrics import (  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 from sqlalchemy import Engine, select  # noqa: E402
 
-from .candidates import build_pipeline  # noqa: E402
+from .candidates import build_pipeline, fit_pipeline  # noqa: E402
+from .mlflow_access import bounded_http, registry_call  # noqa: E402
 from .settings import DataSettings  # noqa: E402
 from .stores import batch_lineage, clean_encounters  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def skops_trusted_types(pipeline: Pipeline) -> list[str]:
@@ -148,6 +157,23 @@ def _flat_params(pipeline: Pipeline) -> dict[str, Any]:
     return params
 
 
+MODEL_REQUIREMENTS = ("skops", "readmit-contract", "numpy", "pandas", "scipy")
+"""What a logged Pipeline needs besides scikit-learn (MLflow's default for the flavor) and mlflow (which it adds):
+the format, the contract's transform, and what they stand on."""
+
+
+def pip_requirements() -> list[str]:
+    """The logged model's requirements, pinned to this environment. Given explicitly: MLflow would otherwise
+    infer them by loading the model in a subprocess (about 12 s per candidate), and would list whatever that
+    process happened to import (pytest, rich, ...)."""
+    from importlib.metadata import version
+
+    import mlflow.sklearn
+
+    pinned = [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
+    return [*mlflow.sklearn.get_default_pip_requirements(), *pinned]
+
+
 @dataclass
 class CandidateResult:
     candidate: str
@@ -167,32 +193,64 @@ def train_candidate(
     snapshot: Snapshot,
     tags: dict[str, str] | None = None,
 ) -> CandidateResult:
-    """Fit, evaluate and log one candidate; returns its run, model URI and validation metrics."""
+    """Fit, evaluate and log one candidate; returns its run, model URI and validation metrics.
+
+    ``RegistryError`` when MLflow fails at any step (the run is then marked failed, if MLflow answers)."""
     import mlflow
-    from mlflow.models import infer_signature
 
     train = read_split(clean_store, "train", snapshot.train_batches)
     validation = read_split(clean_store, "validation")
     pipeline = build_pipeline(candidate, settings.random_seed)
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_experiment(settings.experiment_name)
-    with mlflow.start_run(run_name=candidate, tags={"candidate": candidate, **(tags or {})}) as run:
-        started = time.perf_counter()
-        pipeline.fit(train, train[TARGET].to_numpy())
-        seconds = time.perf_counter() - started
-        y_val = validation[TARGET].to_numpy()
-        proba = pipeline.predict_proba(validation)[:, 1]
-        threshold = choose_threshold(y_val, proba)
-        metrics = evaluate(y_val, proba, threshold)
+    with registry_call(settings, f"starting a run of {candidate} in experiment {settings.experiment_name!r}",
+                       "nothing was trained; a retry of the task trains the candidate"):
+        mlflow.set_experiment(settings.experiment_name)
+        run = mlflow.start_run(run_name=candidate, tags={"candidate": candidate, **(tags or {})})
+    try:
+        result = _fit_and_log(settings, pipeline, candidate, snapshot, train, validation, run.info.run_id)
+    except BaseException:
+        _end_failed_run(settings, run.info.run_id)
+        raise
+    with registry_call(settings, f"closing run {run.info.run_id} of {candidate}",
+                       "the candidate is logged but its run is not marked finished; a retry trains it again"):
+        mlflow.end_run()
+    return result
 
+
+def _end_failed_run(settings: DataSettings, run_id: str) -> None:
+    """Mark the run failed if MLflow answers; MLflow being down is what the caller reports already."""
+    import mlflow
+
+    try:
+        with bounded_http(settings):
+            mlflow.end_run("FAILED")
+    except Exception as exc:  # noqa: BLE001 - best effort: the original error is the one that matters
+        log.warning("run %s could not be marked failed (%s): it stays open in MLflow, never registered",
+                    run_id, type(exc).__name__)
+
+
+def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, snapshot: Snapshot,
+                 train: pd.DataFrame, validation: pd.DataFrame, run_id: str) -> CandidateResult:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    started = time.perf_counter()
+    fit_pipeline(pipeline, train, train[TARGET].to_numpy())
+    seconds = time.perf_counter() - started
+    y_val = validation[TARGET].to_numpy()
+    proba = pipeline.predict_proba(validation)[:, 1]
+    threshold = choose_threshold(y_val, proba)
+    metrics = evaluate(y_val, proba, threshold)
+    failed = "the run is marked failed and nothing was registered; a retry of the task trains the candidate again"
+
+    with registry_call(settings, f"logging {candidate}'s parameters and metrics (run {run_id})", failed):
         mlflow.log_params(_flat_params(pipeline))
         mlflow.log_params({
             "train_batches": ",".join(snapshot.train_batches),
             "n_features": len(pipeline.named_steps["features"].feature_names_),
         })
         mlflow.set_tags({"data.train_batches": ",".join(snapshot.train_batches)})
-        mlflow.log_dict(asdict(snapshot), "data/lineage.json")
         mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
         mlflow.log_metrics({
             "threshold": threshold,
@@ -201,12 +259,21 @@ def train_candidate(
             "validation_rows": len(validation),
             "train_positive_rate": float(train[TARGET].mean()),
         })
-        for path, figure in plots(y_val, proba, threshold, candidate).items():
-            mlflow.log_figure(figure, path)
-            plt.close(figure)
+    with registry_call(settings, f"storing {candidate}'s lineage and plots in MLflow's artifact store (run {run_id})",
+                       failed):
+        mlflow.log_dict(asdict(snapshot), "data/lineage.json")
+        figures = plots(y_val, proba, threshold, candidate)
+        try:
+            for path, figure in figures.items():
+                mlflow.log_figure(figure, path)
+        finally:
+            for figure in figures.values():
+                plt.close(figure)
 
-        example = input_example(validation)
-        signature = infer_signature(example, pipeline.predict_proba(example))
+    example = input_example(validation)
+    signature = infer_signature(example, pipeline.predict_proba(example))
+    trusted = skops_trusted_types(pipeline)
+    with registry_call(settings, f"storing {candidate}'s model in MLflow's artifact store (run {run_id})", failed):
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -214,8 +281,9 @@ def train_candidate(
             input_example=example,
             pyfunc_predict_fn="predict_proba",
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-            skops_trusted_types=skops_trusted_types(pipeline),
+            skops_trusted_types=trusted,
+            pip_requirements=pip_requirements(),
             metadata={"threshold": threshold, "train_positive_rate": float(train[TARGET].mean()),
                       "candidate": candidate},
         )
-    return CandidateResult(candidate, run.info.run_id, info.model_uri, metrics, threshold)
+    return CandidateResult(candidate, run_id, info.model_uri, metrics, threshold)

@@ -1,0 +1,184 @@
+"""Is a challenger better than the champion by more than the validation set's noise?
+
+Both models are scored on the same validation rows, and the difference of their ROC-AUCs
+(challenger - champion) is bootstrapped *over patients*: a bootstrap sample draws patients
+(``patient_nbr``) with replacement and keeps all of each drawn patient's encounters, as often as the
+patient was drawn. A patient's encounters are not independent (same person, same risks), so
+resampling rows would understate the noise. The comparison is paired: every sample scores both
+models on the very same rows, so what the two models share (the rows' difficulty) cancels out.
+
+The challenger takes the alias only when the *lower bound* of a one-sided percentile interval of
+the difference exceeds ``PROMOTION_MIN_DELTA``. The challenger is the best of the run's N candidates,
+picked on this same validation set, so its lead is biased upwards by the pick itself (best-of-N
+luck). We correct for that with Bonferroni: the interval's confidence is ``1 - alpha / N``
+(alpha = ``1 - PROMOTION_CONFIDENCE``). If no candidate beats the champion, each one's bound
+exceeds the margin with probability at most alpha / N, so the probability that the picked one
+does - whichever is picked - is at most N * alpha / N = alpha. Bonferroni needs no assumption on
+how the candidates' errors correlate (they do: same rows), at the price of being conservative when
+the candidates are alike; with 3 candidates and 95 % the bound is the 1.67th percentile.
+
+A tie (identical scores, or a difference inside the noise) keeps the champion.
+
+The AUCs of all samples are computed at once from one sort per model (the Mann-Whitney rank form
+with weights: a sample is a vector of integer weights over the patients, each row weighted by how
+often its patient was drawn), in chunks of samples to bound memory: 0.9 s for 1,000 samples of the
+real validation split's size (14,809 rows, 10,498 patients) on 2 shared, busy cores, 12x faster
+than scikit-learn's ``roc_auc_score`` with sample weights in a loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_CHUNK_CELLS = 4_000_000
+"""Samples x rows processed at once (a few float64 matrices of this size: tens of MB)."""
+
+MIN_TAIL_SAMPLES = 10
+"""Bootstrap samples expected beyond the bound: the number of samples is raised to ``MIN_TAIL_SAMPLES / tail``
+when the configured one is too small for the tail (many candidates, high confidence)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The paired bootstrap of ROC-AUC(challenger) - ROC-AUC(champion) on the same validation rows."""
+
+    challenger_auc: float
+    champion_auc: float
+    delta: float
+    """Difference of the two AUCs on the validation rows themselves."""
+    lower_bound: float
+    """One-sided lower bound of the difference at ``confidence``."""
+    confidence: float
+    """Confidence of the bound, Bonferroni-corrected for the ``candidates`` of the run: 1 - alpha / N."""
+    candidates: int
+    samples: int
+    patients: int
+    rows: int
+    min_delta: float
+
+    @property
+    def promoted(self) -> bool:
+        """The challenger wins only when even the pessimistic end of the interval beats the margin."""
+        return self.lower_bound > self.min_delta
+
+    def tags(self) -> dict[str, str]:
+        """The figures, as model-version / run tags."""
+        return {
+            "gate.challenger_roc_auc": f"{self.challenger_auc:.6f}",
+            "gate.champion_roc_auc": f"{self.champion_auc:.6f}",
+            "gate.delta": f"{self.delta:.6f}",
+            "gate.lower_bound": f"{self.lower_bound:.6f}",
+            "gate.confidence": f"{self.confidence:.6f}",
+            "gate.candidates": str(self.candidates),
+            "gate.bootstrap_samples": str(self.samples),
+            "gate.patients": str(self.patients),
+            "gate.rows": str(self.rows),
+            "gate.min_delta": f"{self.min_delta:g}",
+        }
+
+    def describe(self) -> str:
+        return (f"ROC-AUC {self.challenger_auc:.4f} vs {self.champion_auc:.4f}: delta {self.delta:+.4f}, "
+                f"{self.confidence:.2%} lower bound {self.lower_bound:+.4f} (bootstrap of {self.patients} patients, "
+                f"{self.rows} rows, {self.samples} samples, best of {self.candidates}; min delta {self.min_delta:g})")
+
+
+def corrected_confidence(confidence: float, candidates: int) -> float:
+    """Bonferroni: the one-sided confidence that keeps the family-wise error of N candidates at 1 - confidence."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), not {confidence}")
+    return 1.0 - (1.0 - confidence) / max(1, candidates)
+
+
+class _RankedScores:
+    """One model's scores, prepared once for the AUC of any number of weightings of the rows.
+
+    The weighted Mann-Whitney statistic: each positive row earns the weight of the negatives scored below
+    it plus half the weight of those tied with it. With the negatives sorted by score, these are two
+    look-ups in the running sum of the negatives' weights (before the first tied negative, after the
+    last), so an AUC costs one cumulative sum over the negatives and a few gathers over the positives.
+    ``columns`` map rows to the columns of the weight matrices (rows themselves, or their patients)."""
+
+    def __init__(self, y: np.ndarray, scores: np.ndarray, columns: np.ndarray) -> None:
+        positive = np.asarray(y).astype(bool)
+        scores = np.asarray(scores, dtype=float)
+        negative_order = np.argsort(scores[~positive], kind="mergesort")
+        negative_scores = scores[~positive][negative_order]
+        self.negative_columns = columns[~positive][negative_order]
+        self.positive_columns = columns[positive]
+        self.below = np.searchsorted(negative_scores, scores[positive], side="left")
+        self.up_to = np.searchsorted(negative_scores, scores[positive], side="right")
+
+    def auc(self, weights: np.ndarray) -> np.ndarray:
+        negative = weights[:, self.negative_columns]
+        running = np.zeros((weights.shape[0], negative.shape[1] + 1))
+        np.cumsum(negative, axis=1, out=running[:, 1:])
+        positive = weights[:, self.positive_columns]
+        wins = (positive * (running[:, self.below] + running[:, self.up_to])).sum(axis=1) / 2
+        pairs = positive.sum(axis=1) * running[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(pairs > 0, wins / pairs, np.nan)
+
+
+def weighted_auc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC-AUC of ``scores`` for labels ``y`` under each row of ``weights`` (samples x rows), ties counting
+    one half. NaN for a weighting without both classes."""
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    return _RankedScores(y, scores, np.arange(weights.shape[1])).auc(weights)
+
+
+def paired_bootstrap(
+    y: np.ndarray,
+    challenger: np.ndarray,
+    champion: np.ndarray,
+    patients: np.ndarray,
+    *,
+    candidates: int = 1,
+    confidence: float = 0.95,
+    samples: int = 1000,
+    min_delta: float = 0.0,
+    seed: int = 0,
+) -> Comparison:
+    """Compare ``challenger`` and ``champion`` probabilities for labels ``y`` on the same rows, resampling
+    ``patients`` (one id per row) with replacement; see the module's doc."""
+    y = np.asarray(y)
+    challenger, champion = np.asarray(challenger, dtype=float), np.asarray(champion, dtype=float)
+    if not (len(y) == len(challenger) == len(champion) == len(patients)):
+        raise ValueError("labels, both models' scores and patient ids must have one value per row")
+    level = corrected_confidence(confidence, candidates)
+    tail = 1.0 - level
+    samples = max(int(samples), math.ceil(MIN_TAIL_SAMPLES / tail))
+    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
+    n_patients = int(patient_of_row.max()) + 1 if len(patient_of_row) else 0
+
+    ones = np.ones((1, len(y)))
+    challenger_auc = float(weighted_auc(y, challenger, ones)[0])
+    champion_auc = float(weighted_auc(y, champion, ones)[0])
+
+    # a sample's weights are per patient (how often drawn); each row reads its patient's column
+    ranked_challenger = _RankedScores(y, challenger, patient_of_row)
+    ranked_champion = _RankedScores(y, champion, patient_of_row)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // max(1, len(y)))
+    deltas = np.empty(samples)
+    uniform = np.full(n_patients, 1.0 / max(1, n_patients))
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        draws = rng.multinomial(n_patients, uniform, size=size).astype(float)
+        deltas[start:start + size] = ranked_challenger.auc(draws) - ranked_champion.auc(draws)
+    valid = deltas[~np.isnan(deltas)]
+    lower = float(np.quantile(valid, tail)) if len(valid) else float("-inf")
+    return Comparison(
+        challenger_auc=challenger_auc,
+        champion_auc=champion_auc,
+        delta=challenger_auc - champion_auc,
+        lower_bound=lower,
+        confidence=level,
+        candidates=max(1, candidates),
+        samples=len(valid),
+        patients=n_patients,
+        rows=len(y),
+        min_delta=min_delta,
+    )
