@@ -20,16 +20,15 @@ import numpy as np
 import pytest
 from readmit_contract.artifact import DIGEST_TAG
 from readmit_data.gate import corrected_confidence, paired_bootstrap, weighted_auc
-from readmit_data.loading import load, read_source
 from readmit_data.mlflow_access import RegistryError
-from readmit_data.preprocessing import preprocess_pending
 from readmit_data.registry import register_and_promote
 from readmit_data.settings import DataSettings
-from readmit_data.stores import engines, make_engine
+from readmit_data.stores import make_engine
 from readmit_data.training import CandidateResult, take_snapshot, train_candidate
 from sklearn.metrics import roc_auc_score
 
 from ..support import free_port
+from .conftest import cleaned_store
 
 SOURCE = "synthetic:4000:21"
 
@@ -121,12 +120,7 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def clean_url(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("gate-stores")
-    raw_url, clean = f"sqlite:///{root / 'raw.db'}", f"sqlite:///{root / 'clean.db'}"
-    with engines(raw_url, clean) as (raw, clean_store):
-        load(raw, read_source(SOURCE), source=SOURCE, batch="all", batch_size=1500, progress=False)
-        preprocess_pending(raw, clean_store)
-    return clean
+    return cleaned_store(tmp_path_factory.mktemp("gate-stores"), SOURCE)
 
 
 def settings_for(uri: str, clean_url: str, model_name: str, **extra) -> DataSettings:

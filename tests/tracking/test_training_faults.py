@@ -16,16 +16,15 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from readmit_data.loading import load, read_source
 from readmit_data.mlflow_access import RegistryError
-from readmit_data.preprocessing import preprocess_pending
 from readmit_data.registry import register_and_promote
 from readmit_data.settings import DataSettings
-from readmit_data.stores import engines, make_engine
+from readmit_data.stores import make_engine
 from readmit_data.training import CandidateResult, take_snapshot, train_candidate
 
 from ..conftest import BUCKET, s3_client
 from ..support import BIN, S3_KEYS, free_port, started
+from .conftest import cleaned_store
 
 pytestmark = pytest.mark.slow
 SOURCE = "synthetic:3000:5"
@@ -86,12 +85,7 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clean_url(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("faults-stores")
-    raw_url, clean = f"sqlite:///{root / 'raw.db'}", f"sqlite:///{root / 'clean.db'}"
-    with engines(raw_url, clean) as (raw, clean_store):
-        load(raw, read_source(SOURCE), source=SOURCE, batch="all", batch_size=1500, progress=False)
-        preprocess_pending(raw, clean_store)
-    return clean
+    return cleaned_store(tmp_path_factory.mktemp("faults-stores"), SOURCE)
 
 
 def settings_for(stack: Stack, clean_url: str) -> DataSettings:
