@@ -127,7 +127,15 @@ class Clinician(HttpUser):
 
 
 def _refused(response: Any) -> bool:
-    """A 401/403 is a configuration error, not a load result: say so in the failure."""
+    """A 401/403 is a configuration error, not a load result: say so in the failure. A 503 with a shedding
+    reason is the API protecting its latency (the load is beyond capacity): a failure named by that reason,
+    so the report groups them instead of listing one line per body."""
+    if response.status_code == 503:
+        reason = _json(response).get("reason")
+        if reason:
+            response.failure(f"shed by the API: busy ({reason})")
+            return True
+        return False
     if response.status_code not in (401, 403):
         return False
     response.failure(f"the API refused the request ({response.status_code}): is API_KEY listed in the API's "

@@ -404,3 +404,54 @@ def test_the_api_ingress_exposes_only_what_callers_need(rendered):
     (api,) = [i for i in policies.of_kind(rendered["server3-serving"].objects, "Ingress") if i["metadata"]["name"] == "api"]
     paths = {p["path"] for r in api["spec"]["rules"] for p in r["http"]["paths"]}
     assert paths == {"/predict", "/model", "/docs", "/openapi.json"}  # not /health, /ready, /metrics
+
+
+def _config_map(rendered, folder: str, prefix: str) -> dict[str, str]:
+    (cm,) = [o for o in rendered[folder].objects
+             if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(prefix)]
+    return cm["data"]
+
+
+def _aliases(settings_class) -> dict[str, str]:
+    return {f.validation_alias: name for name, f in settings_class.model_fields.items() if f.validation_alias}
+
+
+def _embedded_env() -> dict[str, str]:
+    lines = (REPO_ROOT / ".env.embedded").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
+    """The promotion gate's and the API's overload settings appear in the cluster's ConfigMap / pod env
+    and in .env.embedded with the values the code defaults to, so tuning one place is visible and a
+    typo in a name (silently ignored by pydantic-settings) fails here."""
+    from readmit_data.settings import DataSettings
+    from readmit_serving.settings import ServingSettings
+
+    data = _config_map(rendered, "server1-data", "data-settings")
+    data_aliases = _aliases(DataSettings)
+    assert set(data) <= set(data_aliases), set(data) - set(data_aliases)
+    gate = {"PROMOTION_MIN_DELTA", "PROMOTION_CONFIDENCE", "PROMOTION_BOOTSTRAP_SAMPLES",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"}
+    assert gate <= set(data)
+    defaults = DataSettings.model_construct()
+    for alias in gate:
+        assert float(data[alias]) == float(getattr(defaults, data_aliases[alias])), alias
+
+    (api,) = [d for d in policies.of_kind(rendered["server3-serving"].objects, "Deployment")
+              if d["metadata"]["name"] == "api"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    serving_aliases = _aliases(ServingSettings)
+    overload = {"MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BATCH", "MAX_QUEUED_BATCH_ROWS", "BATCH_SLICE_ROWS",
+                "REQUEST_DEADLINE_MS", "SHED_RETRY_AFTER_MS", "INFERENCE_STUCK_SECONDS"}
+    serving_defaults = ServingSettings.model_construct()
+    embedded = _embedded_env()
+    for alias in overload:
+        default = float(getattr(serving_defaults, serving_aliases[alias]))
+        assert float(literal[alias]) == default, alias
+        assert float(embedded[alias]) == default, alias
+    for alias in gate - {a for a in gate if a.startswith("MLFLOW_HTTP")}:
+        assert float(embedded[alias]) == float(getattr(defaults, data_aliases[alias])), alias
+    # the API's model watcher keeps its own, shorter MLflow limits: the embedded file must not override them
+    assert not {a for a in embedded if a.startswith("MLFLOW_HTTP")}

@@ -468,3 +468,22 @@ def test_record_checksum_tags_a_version_registered_before_checksums(sqlite_track
     client.delete_model_version_tag(name, pickled, DIGEST_TAG)
     assert cli.main(["record-checksum", "--version", pickled]) == 1  # refused: never trusted by a tag
     assert DIGEST_TAG not in client.get_model_version(name, pickled).tags
+
+
+def test_record_checksum_with_the_registry_down_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """A tracking server that does not answer ends `record-checksum` with one line naming what failed (no
+    traceback, no credential) and exit status 1, within the bounded HTTP retries."""
+    from readmit_data import cli
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed.replace("http://", "http://training:s3cret-pw@"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("RAW_DB_URL", f"sqlite:///{tmp_path / 'raw.db'}")
+    monkeypatch.setenv("CLEAN_DB_URL", f"sqlite:///{tmp_path / 'clean.db'}")
+    started = time.monotonic()
+    assert cli.main(["record-checksum"]) == 1
+    assert time.monotonic() - started < 60
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("readmit-data record-checksum: ") and "\n" not in err, err
+    assert "looking up" in err and "Traceback" not in err and "s3cret-pw" not in err

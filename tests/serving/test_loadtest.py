@@ -399,3 +399,30 @@ def test_locust_does_not_start_without_its_secrets(api, tmp_path):
     assert int(rows[("POST", "/predict")]["Request Count"]) > 0, rows
     assert int(rows[("", "Aggregated")]["Failure Count"]) == 0, run.stderr[-3000:]
     assert LOCUST_KEY not in run.stdout + run.stderr
+
+
+def test_load_beyond_capacity_is_reported_as_shedding(registered, tmp_path):
+    """An API that admits one request at a time, loaded by 24 users without pause: the 503s it sheds are
+    counted by Locust as failures named "shed by the API: busy (<reason>)", one line per reason (the
+    report tells overload from breakage), and never anything else."""
+    from .conftest import api_process
+
+    url, process = api_process(tmp_path, registered.tracking_uri, registered.model_name,
+                               MAX_IN_FLIGHT="1", MAX_IN_FLIGHT_BATCH="1")
+    with process:
+        from ..support import wait_http
+
+        wait_http(f"{url}/ready", timeout=120)
+        run = run_locust(["--headless", "-u", "24", "-r", "24", "-t", "5s", "--host", url, "--only-summary",
+                          "--csv", str(tmp_path / "run")], tmp_path, API_KEY=LOCUST_KEY, LOADTEST_WAIT_MIN="0",
+                         LOADTEST_WAIT_MAX="0.001")
+    assert run.returncode != 0  # Locust's exit status when any request failed
+    with open(tmp_path / "run_failures.csv", newline="") as table:
+        failures = list(csv.DictReader(table))
+    errors = {row["Error"] for row in failures}
+    assert errors and all("shed by the API: busy (" in e for e in errors), errors  # CatchResponseError(...)
+    assert sum(int(row["Occurrences"]) for row in failures) > 0
+    with open(tmp_path / "run_stats.csv", newline="") as table:
+        rows = {(row["Type"], row["Name"]): row for row in csv.DictReader(table)}
+    predict = rows[("POST", "/predict")]
+    assert int(predict["Request Count"]) > int(predict["Failure Count"]) > 0  # some admitted, some shed

@@ -24,12 +24,13 @@ from readmit_contract.dataset import DatasetError
 from readmit_contract.validate import SchemaMismatchError
 
 from .loading import LoadError, SourceMismatchError, load, open_source, raw_counts, unreadable_lines
+from .mlflow_access import RegistryError
 from .preprocessing import PreprocessError, clean_counts, lineage_table, preprocess_pending
 from .settings import DataSettings
 from .stores import StoreMigrationError, engines
 
 EXPECTED_ERRORS = (DatasetError, SchemaMismatchError, SourceMismatchError, LoadError, PreprocessError,
-                   StoreMigrationError, ValueError)
+                   StoreMigrationError, RegistryError, ValueError)
 """Failures that end a command with their message (exit status 1) instead of a traceback."""
 
 
