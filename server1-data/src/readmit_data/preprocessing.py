@@ -2,7 +2,8 @@
 
 A batch is pending when it is in RawData.raw_batches but not in
 CleanData.batch_lineage. Each batch is processed in one CleanData transaction:
-clean rows, rejected rows (with reasons and source lines) and the lineage record land
+clean rows, rejected rows (with reasons and source lines), the patient history of the batch's
+patients (``history_store``) and the lineage record land
 together or not at all, so a failed run (a database gone mid-batch included) leaves
 nothing behind and a re-run processes exactly the batches still pending. With nothing
 new, nothing changes.
@@ -27,6 +28,7 @@ from readmit_contract.validate import DUPLICATE, REASON
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import DBAPIError
 
+from .history_store import refresh_history
 from .stores import (
     UNREADABLE,
     batch_lineage,
@@ -188,6 +190,8 @@ def preprocess_batch(
             bulk_insert(conn, clean_encounters, clean_columns, frame_rows(clean_rows[clean_columns]),
                         chunk=insert_chunk, on_chunk=on_chunk)
             bulk_insert(conn, rejected_rows, REJECTED_COLUMNS, rejected, chunk=insert_chunk)
+            if len(clean_rows):
+                refresh_history(conn, clean_rows["patient_nbr"].to_numpy())
             seconds = time.perf_counter() - started
             lineage = Lineage(**{**asdict(lineage), "seconds": seconds})
             conn.execute(batch_lineage.insert().values(**asdict(lineage), processed_at=utcnow()))

@@ -46,6 +46,12 @@ class DataSettings(BaseSettings):
                                                     validation_alias="MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
     """Exponential backoff factor between those retries, in seconds (1: about 0, 2, 4 s)."""
     random_seed: int = Field(0, validation_alias="RANDOM_SEED")
+    history_dropout: float = Field(0.1, ge=0.0, lt=1.0, validation_alias="HISTORY_DROPOUT")
+    """Share of training rows whose patient history is blanked (seeded), so a model learns to answer when
+    serving cannot look a patient up (readmit_contract.history)."""
+    search_seconds: float = Field(0.0, ge=0.0, validation_alias="SEARCH_SECONDS")
+    """Time budget of the hyper-parameter search per tree candidate (Optuna over patient-grouped folds of the
+    train rows; readmit_data.search). 0: the candidates' fixed parameters."""
 
     @property
     def candidate_names(self) -> list[str]:

@@ -13,6 +13,8 @@ CleanData (typed, cleaned by preprocess_incremental):
   rejected_rows    rows the contract refused and the source's unreadable lines, with the reason
                    and the source line
   batch_lineage    one row per cleaned batch: rows in / out / rejected / excluded, seconds
+  patient_history  per clean encounter, what its patient's earlier encounters tell
+                   (readmit_contract.history; refreshed for the patients of each cleaned batch)
 
 Widths come from the contract: raw values hold ``RAW_MAX_LENGTH`` characters (the raw load rejects a
 longer field), clean text columns ``Column.max_length`` (validation rejects a longer value), so SQLite
@@ -30,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 from readmit_contract.columns import COLUMN_NAMES, COLUMNS, ID_COLUMNS, RAW_MAX_LENGTH, TEXT_MAX_LENGTH
+from readmit_contract.history import CLEAN_ENCOUNTERS_TABLE, HISTORY_NAMES
 from readmit_contract.target import TARGET
 from sqlalchemy import (
     BigInteger,
@@ -111,7 +114,7 @@ def _typed_column(c) -> Column:
 
 
 clean_encounters = Table(
-    "clean_encounters",
+    CLEAN_ENCOUNTERS_TABLE,
     clean_metadata,
     *(_typed_column(c) for c in COLUMNS),
     Column(TARGET, SmallInteger, nullable=False),
@@ -144,6 +147,15 @@ batch_lineage = Table(
     Column("seconds", Float, nullable=False),
     Column("processed_at", DateTime, nullable=False),
     Column("run_id", String(255), nullable=True),
+)
+
+
+patient_history = Table(
+    "patient_history",
+    clean_metadata,
+    Column("encounter_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("patient_nbr", BigInteger, nullable=False, index=True),
+    *(Column(name, Float, nullable=False) for name in HISTORY_NAMES),
 )
 
 
@@ -305,9 +317,13 @@ def migrate_raw(engine: Engine) -> None:
 
 
 def migrate_clean(engine: Engine) -> None:
-    """rejected_rows.source_line for a CleanData store of the previous version (NULL for rows before)."""
+    """A CleanData store of a previous version: rejected_rows.source_line (NULL for rows before), and
+    patient_history built for the clean rows it holds."""
     if "source_line" not in _columns(engine, "rejected_rows"):
         _add_column(engine, "rejected_rows", "source_line", "INTEGER")
+    from .history_store import backfill_history
+
+    backfill_history(engine)
 
 
 def store_failure(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 from readmit_contract import TARGET  # noqa: E402
 from readmit_contract.artifact import foreign_types  # noqa: E402
 from readmit_contract.columns import FEATURE_COLUMNS  # noqa: E402
+from readmit_contract.history import HISTORY_NAMES  # noqa: E402
 from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     ConfusionMatrixDisplay,
@@ -47,7 +48,7 @@ from sqlalchemy import Engine, select  # noqa: E402
 from .candidates import build_pipeline, fit_pipeline  # noqa: E402
 from .mlflow_access import bounded_http, registry_call  # noqa: E402
 from .settings import DataSettings  # noqa: E402
-from .stores import batch_lineage, clean_encounters  # noqa: E402
+from .stores import batch_lineage, clean_encounters, patient_history  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,13 @@ class Snapshot:
 
 
 def read_split(clean_store: Engine, split: str, batches: list[str] | None = None) -> pd.DataFrame:
-    """Clean rows of one split (only ``batches`` when given), in encounter order."""
-    query = select(clean_encounters).where(clean_encounters.c.split == split)
+    """Clean rows of one split (only ``batches`` when given), in encounter order, each with its patient
+    history (patient_history's columns; NaN, i.e. missing, for a row the table does not hold)."""
+    history = [patient_history.c[name] for name in HISTORY_NAMES]
+    query = (select(clean_encounters, *history)
+             .select_from(clean_encounters.outerjoin(
+                 patient_history, patient_history.c.encounter_id == clean_encounters.c.encounter_id))
+             .where(clean_encounters.c.split == split))
     if batches is not None:
         query = query.where(clean_encounters.c.batch_id.in_(batches))
     with clean_store.connect() as conn:
@@ -115,13 +121,30 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray) -> float:
     return float(thresholds[int(np.argmax(f1))])
 
 
+def calibration_line(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
+    """Calibration slope and intercept (Van Calster et al., 2019): the logistic regression of the outcome on
+    the logit of the predicted probability. Slope 1 and intercept 0 for perfect calibration; a slope below 1
+    means predictions too extreme (over-fitting), above 1 too modest."""
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(proba, 1e-6, 1 - 1e-6)
+    logit = np.log(p / (1 - p)).reshape(-1, 1)
+    if len(np.unique(y)) < 2:
+        return float("nan"), float("nan")
+    fit = LogisticRegression(C=np.inf, max_iter=1000).fit(logit, y)  # no penalty
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
 def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
     """Ranking, calibration and thresholded metrics of probabilities ``proba`` for labels ``y``."""
     predicted = (proba >= threshold).astype(int)
+    slope, intercept = calibration_line(y, proba)
     return {
         "roc_auc": float(roc_auc_score(y, proba)),
         "pr_auc": float(average_precision_score(y, proba)),
         "brier": float(brier_score_loss(y, proba)),
+        "calibration_slope": slope,
+        "calibration_intercept": intercept,
         "log_loss": float(log_loss(y, np.clip(proba, 1e-7, 1 - 1e-7), labels=[0, 1])),
         "f1": float(f1_score(y, predicted, zero_division=0)),
         "recall": float(recall_score(y, predicted, zero_division=0)),
@@ -142,9 +165,24 @@ def plots(y: np.ndarray, proba: np.ndarray, threshold: float, title: str) -> dic
     return {"plots/calibration.png": calibration, "plots/confusion_matrix.png": confusion}
 
 
+def with_history_dropout(train: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """``train`` with the patient history of a seeded ``share`` of its rows blanked (NaN: missing), so the
+    model learns the case where serving cannot look a patient up; the other rows keep theirs."""
+    if share <= 0 or train.empty:
+        return train
+    blank = np.random.default_rng(seed).random(len(train)) < share
+    out = train.copy()
+    out.loc[blank, list(HISTORY_NAMES)] = np.nan
+    return out
+
+
 def input_example(frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
     """Feature columns of a few rows, missing values as the contract's raw marker."""
-    return frame[list(FEATURE_COLUMNS)].head(rows).astype(object).where(frame.head(rows).notna(), "?")
+    features = frame[list(FEATURE_COLUMNS)].head(rows)
+    example = features.astype(object).where(features.notna(), "?")
+    if all(name in frame.columns for name in HISTORY_NAMES):  # the patient history the model also reads
+        example = pd.concat([example, frame[list(HISTORY_NAMES)].head(rows).astype(float)], axis=1)
+    return example
 
 
 def _flat_params(pipeline: Pipeline) -> dict[str, Any]:
@@ -236,12 +274,16 @@ def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, sna
     from mlflow.models import infer_signature
 
     started = time.perf_counter()
-    fit_pipeline(pipeline, train, train[TARGET].to_numpy())
+    fit_pipeline(pipeline, with_history_dropout(train, settings.history_dropout, settings.random_seed),
+                 train[TARGET].to_numpy())
     seconds = time.perf_counter() - started
     y_val = validation[TARGET].to_numpy()
     proba = pipeline.predict_proba(validation)[:, 1]
     threshold = choose_threshold(y_val, proba)
     metrics = evaluate(y_val, proba, threshold)
+    # what the model achieves when serving cannot look patients up (history missing for every row)
+    metrics["roc_auc_without_history"] = float(roc_auc_score(
+        y_val, pipeline.predict_proba(validation.assign(**dict.fromkeys(HISTORY_NAMES, np.nan)))[:, 1]))
     failed = "the run is marked failed and nothing was registered; a retry of the task trains the candidate again"
 
     with registry_call(settings, f"logging {candidate}'s parameters and metrics (run {run_id})", failed):

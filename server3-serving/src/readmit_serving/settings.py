@@ -96,6 +96,13 @@ class ServingSettings(BaseSettings):
     chunked body). Default: MAX_BATCH_SIZE x 4 KiB + 64 KiB (an encounter is ~1.1 KB of JSON)."""
     inference_stuck_seconds: float = Field(30.0, gt=0, validation_alias="INFERENCE_STUCK_SECONDS")
     """/health answers 503 when one model call has run longer than this (the liveness probe restarts the pod)."""
+    history_db_url: SecretStr | None = Field(None, validation_alias="HISTORY_DB_URL")
+    """CleanData's SQLAlchemy URL, read-only identity, for patient history (unset: no history lookup; a
+    secret: it holds a password)."""
+    history_timeout_ms: int = Field(200, ge=1, validation_alias="HISTORY_TIMEOUT_MS")
+    """How long one history query may take before the encounter is scored without history."""
+    history_cache_seconds: float = Field(300.0, ge=0, validation_alias="HISTORY_CACHE_SECONDS")
+    """How long a patient's looked-up encounters are reused."""
     model_cache_dir: str | None = Field(None, validation_alias="MODEL_CACHE_DIR")
     """Where downloaded model versions are kept (None: a temporary folder)."""
     api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field("", validate_default=True,  # type: ignore[assignment]

@@ -13,7 +13,11 @@ record: mappings of contract column name -> value) into a float matrix:
   -> a single indicator);
 - hospital codes and open categories (payer, specialty) -> one-hot over the
   values seen at least ``min_category_count`` times when fitted; rarer and
-  unseen values share an "other" column, ``?`` has its own "missing" column.
+  unseen values share an "other" column, ``?`` has its own "missing" column;
+- patient history (``readmit_contract.history``), when the transform was fitted on
+  rows that carry it: the history columns, ``history_known`` (0 when a row's history
+  is missing: its columns then read 0) and the change in prior-year inpatient visits
+  since the last earlier encounter.
 
 The transform never builds a DataFrame: each column is mapped with precomputed
 dictionaries, so one record costs microseconds, and a DataFrame and the same
@@ -39,6 +43,7 @@ from .columns import (
     MISSING,
     WEIGHT_BRACKETS,
 )
+from .history import HISTORY_NAMES
 from .icd9 import DIAGNOSIS_GROUPS, diagnosis_group
 
 MISSING_LABEL = "missing"
@@ -60,6 +65,8 @@ _AGE_YEARS = {bracket: 5.0 + 10.0 * i for i, bracket in enumerate(AGE_BRACKETS)}
 _WEIGHT_LBS = {bracket: 12.5 + 25.0 * i for i, bracket in enumerate(WEIGHT_BRACKETS)}
 _STATUS_CODE = {status: i for i, status in enumerate(MEDICATION_STATUSES)}  # No=0, Steady, Up, Down
 _CHANGED_STATUSES = ("Up", "Down")
+HISTORY_FEATURES: tuple[str, ...] = (*HISTORY_NAMES, "history_known", "hist_inpatient_trend")
+"""Features of the history block (the last two derived: see ``EncounterFeatures._history``)."""
 
 
 def _is_missing(value: Any) -> bool:
@@ -83,6 +90,20 @@ def column_values(X: Any, names: Sequence[str]) -> tuple[int, dict[str, Sequence
     records = [X] if isinstance(X, Mapping) else X
     # v == v is False only for NaN: a record taken from a frame may carry NaN for missing
     return len(records), {name: [v if v == v else None for v in (r.get(name) for r in records)] for name in names}
+
+
+def history_matrix(X: Any, n: int) -> np.ndarray:
+    """The history columns of ``X`` as an (n, len(HISTORY_NAMES)) float matrix, NaN where missing (a column
+    absent from a frame, a key absent from a record, None)."""
+    if isinstance(X, pd.DataFrame):
+        out = np.full((n, len(HISTORY_NAMES)), np.nan)
+        for j, name in enumerate(HISTORY_NAMES):
+            if name in X.columns:
+                out[:, j] = pd.to_numeric(X[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        return out
+    records = [X] if isinstance(X, Mapping) else X
+    rows = [[np.nan if (v := r.get(name)) is None else v for name in HISTORY_NAMES] for r in records]
+    return np.asarray(rows, dtype=np.float64).reshape(n, len(HISTORY_NAMES))
 
 
 def _with_missing(lookup: dict[Any, int], index: int) -> dict[Any, int]:
@@ -115,6 +136,8 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
             for m in MEDICATIONS
             if sum(1 for v in cols[m] if v not in ("No", None, MISSING)) >= self.min_medication_count
         )
+        # history is part of the model when the rows it learns from carry it (training's frames do)
+        self.history_ = isinstance(X, pd.DataFrame) and all(name in X.columns for name in HISTORY_NAMES)
         self._build()
         self.n_features_in_ = len(INPUT_COLUMNS)
         return self
@@ -157,9 +180,12 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
         for name in DIAGNOSIS_COLUMNS:
             self._diag_offsets[name] = len(names)
             names.extend(f"{name}={g}" for g in DIAGNOSIS_GROUPS)
+        self._history_offset = len(names)
+        if self.history_:
+            names.extend(HISTORY_FEATURES)
         self.feature_names_ = tuple(names)
 
-    _DERIVED = ("_blocks", "_other_index", "_diag_offsets")
+    _DERIVED = ("_blocks", "_other_index", "_diag_offsets", "_history_offset")
 
     def __getstate__(self) -> dict[str, Any]:
         """Fitted state without the lookup tables (rebuilt on load): plain, skops-safe values."""
@@ -169,6 +195,8 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "learned_categories_" in state:
+            if "history_" not in state:  # fitted before history existed: a model without it
+                self.history_ = False
             self._build()
 
     # -- transforming --------------------------------------------------------------
@@ -209,7 +237,25 @@ class EncounterFeatures(TransformerMixin, BaseEstimator):
             idx = np.fromiter((lookup.get(v, default) for v in cols[column]), dtype=np.intp, count=n)
             hit = idx >= 0
             out[rows[hit], offset + idx[hit]] = 1.0
+        if self.history_:
+            self._history(X, n, out)
         return out
+
+    def _history(self, X: Any, n: int, out: np.ndarray) -> None:
+        """The history block: a row whose history is missing (any history column NaN) gets zeros and
+        ``history_known`` 0; the trend is this encounter's prior-year inpatient visits minus the last earlier
+        encounter's (0 without an earlier encounter)."""
+        history = history_matrix(X, n)
+        known = ~np.isnan(history).any(axis=1)
+        history[~known] = 0.0
+        k = self._history_offset
+        width = len(HISTORY_NAMES)
+        out[:, k : k + width] = history
+        out[:, k + width] = known
+        earlier = history[:, HISTORY_NAMES.index("hist_encounters")] > 0
+        inpatient = out[:, COUNT_COLUMNS.index("number_inpatient")]
+        last = history[:, HISTORY_NAMES.index("hist_last_inpatient")]
+        out[:, k + width + 1] = np.where(earlier, inpatient - last, 0.0)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "feature_names_")

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from ..settings import ServingSettings
 from .batching import InferenceScheduler
+from .history import HistoryLookup
 from .model import ModelHolder
 from .watcher import ModelWatcher
 
@@ -19,6 +20,7 @@ class Services:
     holder: ModelHolder
     scheduler: InferenceScheduler
     watcher: ModelWatcher
+    history: HistoryLookup
 
 
 async def get_services(request: Request) -> Services:

@@ -34,6 +34,7 @@ from .batching import InferenceScheduler
 from .body_limit import BodyLimitMiddleware
 from .dependencies import Services
 from .errors import InternalErrorMiddleware, validation_error
+from .history import HistoryLookup
 from .middleware import PrometheusMiddleware
 from .model import ModelHolder
 from .routes import health, model, predict
@@ -50,15 +51,18 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                                        settings.max_queued_batch_rows)
         watcher = ModelWatcher(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
                                settings.model_poll_seconds, holder, settings.model_cache_dir)
+        history = HistoryLookup(settings.history_db_url.get_secret_value() if settings.history_db_url else None,
+                                settings.history_timeout_ms, settings.history_cache_seconds)
         metrics.MODEL_LOADED.set(0)
         metrics.MODEL_VERSION.set(0)
-        app.state.services = Services(settings, holder, scheduler, watcher)
+        app.state.services = Services(settings, holder, scheduler, watcher, history)
         watcher.start()
         try:
             yield
         finally:
             watcher.stop()
             scheduler.shutdown()
+            history.close()
 
     app = FastAPI(
         title="Diabetes 30-day readmission API",

@@ -60,3 +60,18 @@ for _reason in ("exception", "non_finite"):
     RECORD_FAILURES.labels(reason=_reason)
 QUEUED_ROWS = Gauge("readmit_api_inference_queued_rows", "Encounters waiting for the inference worker, by kind",
                     ["kind"])
+
+HISTORY_LOOKUPS = Counter(
+    "readmit_api_history_lookups_total",
+    "Encounters by how their patient history was obtained (see readmit_serving.api.history.HISTORY_STATUSES): "
+    "found, first_encounter, unavailable (store down or slow: scored without history), no_patient, off, not_used",
+    ["status"],
+)
+for _status in ("found", "first_encounter", "unavailable", "no_patient", "off", "not_used"):
+    HISTORY_LOOKUPS.labels(status=_status)
+HISTORY_FAILURES = Counter("readmit_api_history_failures_total",
+                           "Failed lookups of the history store, by reason: timeout, error", ["reason"])
+for _reason in ("timeout", "error"):
+    HISTORY_FAILURES.labels(reason=_reason)
+HISTORY_QUERY_DURATION = Histogram("readmit_api_history_query_duration_seconds",
+                                   "Duration of one successful query of the history store", buckets=LATENCY_BUCKETS)

@@ -61,6 +61,11 @@ class LoadedModel:
             return self.stacked.predict_proba(self.pipeline[:-1].transform(records))[:, 1]
         return self.pipeline.predict_proba(records)[:, 1]
 
+    @property
+    def uses_history(self) -> bool:
+        """Whether the model reads patient history (fitted on rows that carried it)."""
+        return bool(getattr(self.pipeline[0], "history_", False))
+
     def band(self, probability: float) -> str:
         if probability >= self.threshold:
             return "high"

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .history import HISTORY_STATUSES, HistoryStatus
+
 RiskBand = Literal["low", "medium", "high"]
 
 
@@ -15,6 +17,8 @@ class Prediction(BaseModel):
                                                    "model's decision threshold; medium: between")
     scored: bool = Field(description="False when the encounter is out of scope (death or hospice)")
     reason: str | None = Field(None, description="Why the encounter was not scored")
+    history: HistoryStatus | None = Field(None, description="How the patient's earlier encounters were used: "
+                                          + "; ".join(f"{k}: {v}" for k, v in HISTORY_STATUSES.items()))
     model_name: str
     model_version: str
 

@@ -31,7 +31,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _prediction(model: LoadedModel, probability: float | None, reason: str | None = None) -> Prediction:
+def _prediction(model: LoadedModel, probability: float | None, reason: str | None = None,
+                history: str | None = None) -> Prediction:
     if probability is None:
         return Prediction(probability=None, risk_band=None, scored=False, reason=reason,
                           model_name=model.name, model_version=model.version)
@@ -39,8 +40,13 @@ def _prediction(model: LoadedModel, probability: float | None, reason: str | Non
         raise RecordFailed("a probability that is not a finite number")
     band = model.band(probability)
     metrics.PREDICTIONS.labels(risk_band=band).inc()
-    return Prediction(probability=probability, risk_band=band, scored=True,
+    return Prediction(probability=probability, risk_band=band, scored=True, history=history,
                       model_name=model.name, model_version=model.version)
+
+
+def _uses_history(services: Services) -> bool:
+    model = services.holder.current
+    return model is not None and model.uses_history
 
 
 def _deadline(request: Request, services: Services) -> float:
@@ -66,11 +72,12 @@ def build_router(max_batch_size: int) -> APIRouter:
             if model is None:
                 raise HTTPException(status_code=503, detail=NO_MODEL)
             return _prediction(model, None, reason)
+        (history,) = await services.history.attach([record], _uses_history(services))
         try:
             probability, model = await services.scheduler.predict(record, _deadline(request, services))
         except NoModelError:
             raise HTTPException(status_code=503, detail=NO_MODEL) from None
-        return _prediction(model, probability)
+        return _prediction(model, probability, history=history)
 
     @router.post("/predict/batch", response_model=BatchResponse,
                  summary="Risk of 30-day readmission of many encounters")
@@ -83,12 +90,14 @@ def build_router(max_batch_size: int) -> APIRouter:
         reasons = [out_of_scope(r) for r in records]
         scorable = [r for r, why in zip(records, reasons, strict=True) if why is None]
         probabilities: list[float] = []
+        histories: list[str] = []
         if scorable:
+            histories = await services.history.attach(scorable, model.uses_history)
             scored = await services.scheduler.predict_many(scorable, model, _deadline(request, services))
             probabilities = scored.tolist()
-        answers = iter(probabilities)
-        predictions = [_prediction(model, next(answers)) if why is None else _prediction(model, None, why)
-                       for why in reasons]
+        answers, how = iter(probabilities), iter(histories)
+        predictions = [_prediction(model, next(answers), history=next(how)) if why is None
+                       else _prediction(model, None, why) for why in reasons]
         return BatchResponse(predictions=predictions, model_name=model.name, model_version=model.version)
 
     return router
