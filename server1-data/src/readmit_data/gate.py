@@ -182,3 +182,22 @@ def paired_bootstrap(
         rows=len(y),
         min_delta=min_delta,
     )
+
+
+def patient_bootstrap_interval(y: np.ndarray, scores: np.ndarray, patients: np.ndarray, *,
+                               confidence: float = 0.95, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Two-sided ``confidence`` interval of the ROC-AUC of ``scores``, resampling patients (not encounters)
+    with replacement: a patient's encounters are correlated, so resampling rows would make it too narrow."""
+    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
+    n_patients = int(patient_of_row.max()) + 1 if len(patient_of_row) else 0
+    ranked = _RankedScores(np.asarray(y), np.asarray(scores, dtype=float), patient_of_row)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // max(1, len(y)))
+    uniform = np.full(n_patients, 1.0 / max(1, n_patients))
+    aucs = np.empty(samples)
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        aucs[start:start + size] = ranked.auc(rng.multinomial(n_patients, uniform, size=size).astype(float))
+    aucs = aucs[~np.isnan(aucs)]
+    tail = (1.0 - confidence) / 2
+    return float(np.quantile(aucs, tail)), float(np.quantile(aucs, 1.0 - tail))

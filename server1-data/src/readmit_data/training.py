@@ -47,6 +47,8 @@ from sqlalchemy import Engine, select  # noqa: E402
 
 from .candidates import build_pipeline, fit_pipeline  # noqa: E402
 from .mlflow_access import bounded_http, registry_call  # noqa: E402
+from .search import apply as apply_search  # noqa: E402
+from .search import search  # noqa: E402
 from .settings import DataSettings  # noqa: E402
 from .stores import batch_lineage, clean_encounters, patient_history  # noqa: E402
 
@@ -273,9 +275,15 @@ def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, sna
     import mlflow
     from mlflow.models import infer_signature
 
+    fit_rows = with_history_dropout(train, settings.history_dropout, settings.random_seed)
+    searched = None
+    if settings.search_seconds > 0:
+        searched = search(candidate, pipeline, fit_rows, train[TARGET].to_numpy(), settings.search_seconds,
+                          settings.random_seed)
+        if searched is not None and searched.params:
+            apply_search(pipeline, searched.params)
     started = time.perf_counter()
-    fit_pipeline(pipeline, with_history_dropout(train, settings.history_dropout, settings.random_seed),
-                 train[TARGET].to_numpy())
+    fit_pipeline(pipeline, fit_rows, train[TARGET].to_numpy())
     seconds = time.perf_counter() - started
     y_val = validation[TARGET].to_numpy()
     proba = pipeline.predict_proba(validation)[:, 1]
@@ -301,6 +309,12 @@ def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, sna
             "validation_rows": len(validation),
             "train_positive_rate": float(train[TARGET].mean()),
         })
+    if searched is not None:
+        with registry_call(settings, f"logging {candidate}'s parameter search (run {run_id})", failed):
+            mlflow.log_metrics({"search_cv_roc_auc": searched.cv_roc_auc, "search_trials": searched.trials,
+                                "search_seconds": searched.seconds,
+                                "search_default_cv_roc_auc": searched.default_cv_roc_auc})
+            mlflow.log_dict({"best": searched.params, "trials": searched.history}, "search/trials.json")
     with registry_call(settings, f"storing {candidate}'s lineage and plots in MLflow's artifact store (run {run_id})",
                        failed):
         mlflow.log_dict(asdict(snapshot), "data/lineage.json")
