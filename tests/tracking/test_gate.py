@@ -205,12 +205,14 @@ def test_a_tie_keeps_the_champion(sqlite_tracking, trained, model_name):
 
 @pytest.mark.slow
 def test_a_lead_within_the_noise_keeps_the_champion(sqlite_tracking, trained, model_name):
-    promote(trained, model_name, "logistic")
-    challenger = promote(trained, model_name, "hgb")
+    # two real candidates close on validation: the weaker one is champion, the stronger one challenges
+    weaker, stronger = sorted(["logistic", "hgb"], key=lambda label: trained.results[label].metrics["roc_auc"])
+    promote(trained, model_name, weaker)
+    challenger = promote(trained, model_name, stronger)
     delta, lower = float(challenger.figures["gate.delta"]), float(challenger.figures["gate.lower_bound"])
     assert delta > 0.0, "precondition: the challenger's validation ROC-AUC is higher (a gate without noise promotes)"
     assert lower <= 0.0 < delta and not challenger.promoted
-    assert challenger.reason.startswith("not promoted: hist_gradient_boosting")
+    assert challenger.reason.startswith(f"not promoted: {trained.results[stronger].candidate}")
     assert champion_version(sqlite_tracking.uri, model_name) == "1"
 
 

@@ -178,6 +178,19 @@ def with_history_dropout(train: pd.DataFrame, share: float, seed: int) -> pd.Dat
     return out
 
 
+def optional_history(signature: Any) -> Any:
+    """The signature with the history columns optional: a caller of the logged model (pyfunc) without a
+    history store sends the encounter alone, which the model scores as history missing."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    inputs = [c for c in signature.inputs.inputs if c.name not in HISTORY_NAMES]
+    if len(inputs) == len(signature.inputs.inputs):
+        return signature
+    optional = [ColSpec(DataType.double, name, required=False) for name in HISTORY_NAMES]
+    return ModelSignature(Schema([*inputs, *optional]), signature.outputs)
+
+
 def input_example(frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
     """Feature columns of a few rows, missing values as the contract's raw marker."""
     features = frame[list(FEATURE_COLUMNS)].head(rows)
@@ -327,7 +340,7 @@ def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, sna
                 plt.close(figure)
 
     example = input_example(validation)
-    signature = infer_signature(example, pipeline.predict_proba(example))
+    signature = optional_history(infer_signature(example, pipeline.predict_proba(example)))
     trusted = skops_trusted_types(pipeline)
     with registry_call(settings, f"storing {candidate}'s model in MLflow's artifact store (run {run_id})", failed):
         info = mlflow.sklearn.log_model(
