@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from readmit_contract import EncounterFeatures, TARGET, clean, synthetic, validate
+from readmit_contract import TARGET, EncounterFeatures, clean, synthetic, validate
 from readmit_contract.columns import FEATURE_COLUMNS, TEXT_COLUMNS
 from readmit_contract.dataset import read_raw_csv
 from readmit_contract.history import HISTORY_NAMES, history_table

@@ -330,10 +330,13 @@ def check_config_refs(objs: Iterable[Obj]) -> list[str]:
 
 def check_state_on_volumes(objs: Iterable[Obj], stateful_images: Iterable[str]) -> list[str]:
     """Containers of stateful images (databases, object store, TSDB, Grafana) keep their data on a
-    PersistentVolumeClaim."""
+    PersistentVolumeClaim. Jobs and CronJobs are not asked: they run to completion, so a container
+    of theirs serves nothing (e.g. the database image's client applying users to the server)."""
     problems = []
     prefixes = tuple(stateful_images)
     for pod in pod_templates(objs):
+        if pod.owner.get("kind") in RUN_TO_COMPLETION_KINDS:
+            continue
         claims = claim_templates(pod)
         claims |= {v.get("name") for v in pod.spec.get("volumes") or [] if v.get("persistentVolumeClaim")}
         for container in pod.containers:

@@ -422,8 +422,8 @@ def _embedded_env() -> dict[str, str]:
 
 
 def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
-    """The promotion gate's and the API's overload settings appear in the cluster's ConfigMap / pod env
-    and in .env.embedded with the values the code defaults to, so tuning one place is visible and a
+    """The promotion gate's and the API's overload and history-lookup settings appear in the cluster's
+    ConfigMap / pod env and in .env.embedded with the values the code defaults to, so tuning one place is visible and a
     typo in a name (silently ignored by pydantic-settings) fails here."""
     from readmit_data.settings import DataSettings
     from readmit_serving.settings import ServingSettings
@@ -444,7 +444,8 @@ def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
     literal = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     serving_aliases = _aliases(ServingSettings)
     overload = {"MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BATCH", "MAX_QUEUED_BATCH_ROWS", "BATCH_SLICE_ROWS",
-                "REQUEST_DEADLINE_MS", "SHED_RETRY_AFTER_MS", "INFERENCE_STUCK_SECONDS"}
+                "REQUEST_DEADLINE_MS", "SHED_RETRY_AFTER_MS", "INFERENCE_STUCK_SECONDS",
+                "HISTORY_TIMEOUT_MS", "HISTORY_CACHE_SECONDS"}
     serving_defaults = ServingSettings.model_construct()
     embedded = _embedded_env()
     for alias in overload:

@@ -87,7 +87,7 @@ def documented(platform) -> dict[str, set[str]]:
 def test_the_platforms_pods_are_the_expected_ones(platform):
     """The pods the matrix covers (a new workload must get its policies and its README rows)."""
     assert {p.name for p in platform} == {
-        "mysql-data", "airflow-api", "airflow-scheduler", "airflow-dag-processor", "jupyter",
+        "mysql-data", "mysql-data-setup", "airflow-api", "airflow-scheduler", "airflow-dag-processor", "jupyter",
         "mysql-tracking", "minio", "minio-bucket", "mlflow",
         "api", "ui", "locust", "prometheus", "grafana"}
     assert all(p.namespace == NAMESPACE for p in platform)

@@ -343,6 +343,10 @@ def test_state_outside_a_volume_claim_fails():
     assert policies.check_state_on_volumes(objs, ("mysql:",)) == []
     container(objs)["volumeMounts"] = []
     assert policies.check_state_on_volumes(objs, ("mysql:",))
+    # The same container in a Job (a client run to completion) keeps no state: not asked.
+    job = copy.deepcopy(objs[0])
+    job.update({"apiVersion": "batch/v1", "kind": "Job"})
+    assert policies.check_state_on_volumes([job], ("mysql:",)) == []
 
 
 @pytest.mark.parametrize("url", ["http://mlfow:5000", "http://web:8080", "mysql+pymysql://a:$(P)@dbb:3306/x",

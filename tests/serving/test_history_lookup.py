@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from readmit_contract.columns import FEATURE_COLUMNS
 from readmit_contract.history import HISTORY_NAMES, history_table
-from readmit_data.stores import clean_encounters, create_clean_schema, engines, make_engine
+from readmit_data.stores import clean_encounters, create_clean_schema, make_engine
 from sqlalchemy import select
 
 from ..data.private_mariadb import PrivateMariaDB

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from .icd9 import DIAGNOSIS_GROUPS, diagnosis_group
