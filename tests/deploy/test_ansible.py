@@ -286,6 +286,11 @@ def test_secrets_are_generated_once_kept_private_and_applied_idempotently(tmp_pa
                            ("ui-login", "ui"), ("locust-login", "locust")):
         assert applied[secret] == {"username": values[f"{prefix}_user"], "password": values[f"{prefix}_password"]}
     assert applied["api-keys"] == {caller: values[f"api_key_{caller}"] for caller in ("ui", "locust", "hospital")}
+    # MySQL mysql-data's users, the API's read-only one (patient history) among them.
+    assert applied["mysql-data"] == {"root-password": values["mysql_data_root_password"],
+                                     "readmit-password": values["mysql_data_readmit_password"],
+                                     "airflow-password": values["mysql_data_airflow_password"],
+                                     "history-password": values["mysql_data_history_password"]}
     # The ingress' certificate: a TLS Secret for *.DOMAIN, with its own key.
     assert applied["readmit-tls"] == {"tls.crt": values["tls_certificate"], "tls.key": values["tls_private_key"]}
     types = secret_types(state_file)
@@ -332,6 +337,35 @@ def test_a_lost_secrets_file_is_read_back_from_the_cluster_never_redrawn(tmp_pat
     assert playbook_recap(again.stdout)["changed"] == 1, "only the file may be written"
     assert "read from the cluster" in again.stdout
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+
+
+def test_a_secret_added_by_a_newer_version_is_drawn_once_and_the_others_kept(tmp_path):
+    """An install made before the API's history identity existed (no mysql_data_history_password in the
+    cluster nor in the file): the upgrade's run draws that value alone, adds it to the file, the platform's
+    copy and Secret mysql-data, and keeps every other value; the next run changes nothing."""
+    env, state_file, secrets_file, extra = secrets_setup(tmp_path)
+    assert run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env).returncode == 0
+    platform = role_defaults("readmit_secrets")["readmit_secrets_platform_secret"]
+    state = json.loads(state_file.read_text())
+    del state["objects"][f"Secret/{NAMESPACE}/{platform}"]["data"]["mysql_data_history_password"]
+    del state["objects"][f"Secret/{NAMESPACE}/mysql-data"]["data"]["history-password"]
+    state_file.write_text(json.dumps(state))
+    older = yaml.safe_load(secrets_file.read_text())
+    del older["mysql_data_history_password"]
+    secrets_file.write_text(yaml.safe_dump(older))
+
+    upgrade = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
+    assert upgrade.returncode == 0, upgrade.stdout[-4000:]
+    values = yaml.safe_load(secrets_file.read_text())
+    drawn = values.pop("mysql_data_history_password")
+    assert values == older, "a value that existed changed"
+    assert len(drawn) == role_defaults("readmit_secrets")["readmit_secrets_length"] and drawn.isalnum()
+    applied = applied_secrets(state_file)
+    assert applied["mysql-data"]["history-password"] == drawn
+    assert applied[platform]["mysql_data_history_password"] == drawn
+    assert drawn not in upgrade.stdout + upgrade.stderr, "the new password was printed"
+    again = run_playbook(tmp_path, role_playbook("readmit_secrets"), extra, env=env)
+    assert again.returncode == 0 and playbook_recap(again.stdout)["changed"] == 0, again.stdout[-4000:]
 
 
 def test_a_secrets_file_that_disagrees_with_the_cluster_stops_the_play(tmp_path):
