@@ -60,9 +60,13 @@ def mariadb(tmp_path_factory, registered, clean_rows):
         server.stop()
 
 
+LOGS: dict[str, object] = {}
+
+
 @pytest.fixture(scope="module")
 def api(registered, mariadb, tmp_path_factory):
-    url, process = api_process(tmp_path_factory.mktemp("history-api"), registered.tracking_uri,
+    LOGS["folder"] = folder = tmp_path_factory.mktemp("history-api")
+    url, process = api_process(folder, registered.tracking_uri,
                                registered.model_name, HISTORY_DB_URL=mariadb.clean_url,
                                HISTORY_TIMEOUT_MS=str(TIMEOUT_MS), HISTORY_CACHE_SECONDS="0")
     with process:
@@ -122,6 +126,16 @@ def test_a_hit_scores_with_the_history_training_used(api, pipeline, clean_rows):
             # an earlier encounter of the same patient is scored with the history before it, not after
             first = mine.iloc[0]
             assert client.post("/predict", json=_body(first)).json()["history"] == "first_encounter"
+            middle = mine.iloc[len(mine) // 2]
+            before = table.loc[int(middle["encounter_id"]), list(HISTORY_NAMES)].to_dict()
+            assert 0 < before["hist_encounters"] < len(mine) - 1
+            answer = client.post("/predict", json=_body(middle)).json()
+            assert answer["history"] == "found"
+            assert answer["probability"] == pytest.approx(
+                pipeline.predict_proba([{**_body(middle), **before}])[:, 1][0], rel=1e-9)
+            # without its encounter_id the store cannot tell what came before: no history (never "after all")
+            unknown = {k: v for k, v in _body(row).items() if k != "encounter_id"}
+            assert client.post("/predict", json=unknown).json()["history"] == "no_encounter"
         batch = client.post("/predict/batch", json={"encounters": [
             _body(clean_rows[clean_rows["patient_nbr"] == p].sort_values("encounter_id").iloc[-1])
             for p in _repeat_patients(clean_rows)[:15]]}).json()
@@ -168,6 +182,9 @@ def test_a_store_that_hangs_or_is_down_leaves_the_api_answering(api, mariadb, cl
         failures = sum(_metric(api, "readmit_api_history_failures_total", reason=r) for r in ("timeout", "error"))
         assert failures >= failures_before + 2
         assert _metric(api, "readmit_api_history_lookups_total", status="unavailable") >= 4
+        # the log says what failed, without the SQL's parameters (patient numbers)
+        log = "\n".join(p.read_text() for p in LOGS["folder"].glob("api-*.log"))
+        assert "patient history unavailable" in log and str(patient) not in log
 
         mariadb.start()
         deadline = time.monotonic() + 30

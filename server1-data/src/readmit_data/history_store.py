@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import pandas as pd
 from readmit_contract.history import HISTORY_INPUTS, HISTORY_NAMES, history_table
 from sqlalchemy import Connection, Engine, delete, func, select
@@ -55,9 +54,3 @@ def backfill_history(engine: Engine) -> None:
     if patients:
         with engine.begin() as conn:
             refresh_history(conn, patients)
-
-
-def read_history(conn: Connection, encounter_ids: np.ndarray) -> pd.DataFrame:
-    """patient_history rows of these encounters, indexed by encounter_id."""
-    frame = pd.read_sql(select(patient_history), conn)
-    return frame[frame["encounter_id"].isin(encounter_ids)].set_index("encounter_id")

@@ -136,6 +136,16 @@ def history_table(encounters: pd.DataFrame) -> pd.DataFrame:
     return before.loc[encounters.index]
 
 
+def cumulative_history(encounters: pd.DataFrame) -> pd.DataFrame:
+    """Sorted by (patient, encounter): ``encounter_id``, ``patient_nbr`` and each patient's history once each
+    encounter is over (so the history of a later encounter is the row of the last one before it)."""
+    rows = _sorted(encounters)
+    after = _after(rows)
+    after.insert(0, PATIENT, rows[PATIENT].to_numpy())
+    after.insert(0, ENCOUNTER, rows[ENCOUNTER].to_numpy())
+    return after.reset_index(drop=True)
+
+
 def history_after(earlier: pd.DataFrame) -> dict[str, float]:
     """The history of a new encounter of one patient, given that patient's ``earlier`` encounters (clean
     rows with ``HISTORY_INPUTS``, any order; empty for a first encounter)."""

@@ -23,14 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from cachetools import TTLCache
 from readmit_contract.history import (
     CLEAN_ENCOUNTERS_TABLE,
     ENCOUNTER,
     HISTORY_INPUTS,
+    HISTORY_NAMES,
     PATIENT,
-    history_after,
+    cumulative_history,
+    empty_history,
     missing_history,
 )
 from sqlalchemy import column, create_engine, make_url, select, table
@@ -40,12 +43,14 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 
-HistoryStatus = Literal["found", "first_encounter", "unavailable", "no_patient", "off", "not_used"]
+HistoryStatus = Literal["found", "first_encounter", "unavailable", "no_patient", "no_encounter", "off", "not_used"]
 HISTORY_STATUSES: dict[str, str] = {
     "found": "the patient's earlier encounters were found and used",
     "first_encounter": "the store holds no earlier encounter of this patient: scored as a first encounter",
     "unavailable": "the history store did not answer in time: scored without history (less accurate)",
     "no_patient": "no patient_nbr in the request: scored without history (less accurate)",
+    "no_encounter": "no encounter_id in the request (history is what came before that encounter): scored "
+                    "without history (less accurate)",
     "off": "this API has no history store configured (HISTORY_DB_URL): scored without history",
     "not_used": "the model being served does not use patient history",
 }
@@ -56,33 +61,56 @@ _ENCOUNTERS = table(CLEAN_ENCOUNTERS_TABLE, *(column(name) for name in HISTORY_I
 
 @dataclass(frozen=True)
 class PatientRows:
-    """A patient's clean encounters as the store held them, and their history after the last one."""
+    """A patient's clean encounter ids (ascending) and the history once each of them was over: the history of
+    an encounter is the row of the last stored encounter before it, found by binary search (no pandas on the
+    request path)."""
 
-    rows: pd.DataFrame
-    last_encounter: int | None
-    after_all: dict[str, float]
+    encounters: np.ndarray
+    after: np.ndarray
 
-    @classmethod
-    def of(cls, rows: pd.DataFrame) -> PatientRows:
-        last = int(rows[ENCOUNTER].max()) if len(rows) else None
-        return cls(rows, last, history_after(rows))
+    def history_before(self, encounter_id: int) -> dict[str, float]:
+        earlier = int(np.searchsorted(self.encounters, encounter_id, side="left"))
+        if earlier == 0:
+            return empty_history()
+        return dict(zip(HISTORY_NAMES, self.after[earlier - 1].tolist(), strict=True))
 
-    def history_before(self, encounter_id: Any) -> dict[str, float]:
-        """History of the encounter ``encounter_id`` (None: a new encounter, after every known one)."""
-        if encounter_id is None or self.last_encounter is None or int(encounter_id) > self.last_encounter:
-            return self.after_all
-        return history_after(self.rows[self.rows[ENCOUNTER] < int(encounter_id)])
+
+NO_ROWS = PatientRows(np.empty(0, dtype=np.int64), np.empty((0, len(HISTORY_NAMES))))
+
+
+def patient_rows(frame: pd.DataFrame) -> dict[int, PatientRows]:
+    """Per patient of ``frame`` (clean rows with ``HISTORY_INPUTS``), their ``PatientRows``: one vectorised
+    pass for all of them."""
+    if frame.empty:
+        return {}
+    table = cumulative_history(frame)
+    patients = table[PATIENT].to_numpy(dtype=np.int64)
+    encounters = table[ENCOUNTER].to_numpy(dtype=np.int64)
+    after = table[list(HISTORY_NAMES)].to_numpy(dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, patients[1:] != patients[:-1]])
+    ends = np.r_[starts[1:], len(patients)]
+    return {int(patients[a]): PatientRows(encounters[a:b], after[a:b]) for a, b in zip(starts, ends, strict=True)}
+
+
+def _failure(exc: BaseException) -> str:
+    """A store failure in one line for the log: the driver's error, never the SQL or its parameters (patient
+    numbers) nor the URL (its password)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).splitlines()[0] if str(orig) else ""
+    return f"{type(orig).__name__}: {text}"[:300]
 
 
 def _engine(url: str, timeout_seconds: float) -> Engine:
     backend = make_url(url).get_backend_name()
     wait = max(1, round(timeout_seconds + 0.5))
-    if backend == "sqlite":  # the embedded default: CleanData's file, read-only
-        return create_engine(url, connect_args={"timeout": wait})
+    # hide_parameters: an error never carries the patient numbers queried
+    if backend == "sqlite":  # the embedded default: CleanData's file
+        return create_engine(url, hide_parameters=True, connect_args={"timeout": wait})
     if backend == "mysql":
-        return create_engine(url, pool_size=4, max_overflow=0, pool_pre_ping=True, pool_recycle=3600,
+        return create_engine(url, hide_parameters=True, pool_size=4, max_overflow=0, pool_pre_ping=True,
+                             pool_recycle=3600,
                              connect_args={"connect_timeout": wait, "read_timeout": wait, "write_timeout": wait})
-    return create_engine(url, pool_size=4, max_overflow=0, pool_pre_ping=True)
+    return create_engine(url, hide_parameters=True, pool_size=4, max_overflow=0, pool_pre_ping=True)
 
 
 class HistoryLookup:
@@ -104,36 +132,38 @@ class HistoryLookup:
 
     def _query(self, patients: list[int]) -> dict[int, PatientRows]:
         assert self.engine is not None
-        found: dict[int, PatientRows] = {}
+        parts = []
         with self.engine.connect() as conn:
             for start in range(0, len(patients), PATIENTS_PER_QUERY):
-                part = patients[start : start + PATIENTS_PER_QUERY]
-                query = select(*_ENCOUNTERS.c).where(_ENCOUNTERS.c[PATIENT].in_(part))
-                frame = pd.DataFrame(conn.execute(query).all(), columns=list(HISTORY_INPUTS))
-                for patient, rows in frame.groupby(PATIENT, sort=False):
-                    found[int(patient)] = PatientRows.of(rows)
-        empty = pd.DataFrame(columns=list(HISTORY_INPUTS))
-        return {p: found.get(p) or PatientRows.of(empty) for p in patients}
+                query = select(*_ENCOUNTERS.c).where(
+                    _ENCOUNTERS.c[PATIENT].in_(patients[start : start + PATIENTS_PER_QUERY]))
+                parts.append(pd.DataFrame(conn.execute(query).all(), columns=list(HISTORY_INPUTS)))
+        found = patient_rows(pd.concat(parts, ignore_index=True))
+        return {p: found.get(p, NO_ROWS) for p in patients}
+
+    def _keep(self, done: asyncio.Future) -> None:
+        """Cache what a query fetched, also when it finished after its request stopped waiting."""
+        if not done.cancelled() and done.exception() is None:
+            metrics.HISTORY_QUERY_DURATION.observe(time.perf_counter() - done.started)  # type: ignore[attr-defined]
+            for patient, rows in done.result().items():
+                self.cache[patient] = rows
 
     async def _fetch(self, patients: list[int]) -> dict[int, PatientRows] | None:
         """The patients' rows from the store, or None when it failed or took longer than the timeout."""
         if time.monotonic() < self.paused_until:
             return None
-        started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        query = loop.run_in_executor(self._executor, self._query, patients)
+        query.started = time.perf_counter()  # type: ignore[attr-defined]
+        query.add_done_callback(self._keep)
         try:
-            fetched = await asyncio.wait_for(loop.run_in_executor(self._executor, self._query, patients),
-                                             self.timeout)
+            return await asyncio.wait_for(asyncio.shield(query), self.timeout)
         except Exception as exc:  # noqa: BLE001 - any store failure means "no history", never an error answer
             self.paused_until = time.monotonic() + self.pause_seconds
             metrics.HISTORY_FAILURES.labels(reason="timeout" if isinstance(exc, TimeoutError) else "error").inc()
             log.warning("patient history unavailable for %.0f s: %s", self.pause_seconds,
-                        "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}")
+                        "timed out" if isinstance(exc, TimeoutError) else _failure(exc))
             return None
-        metrics.HISTORY_QUERY_DURATION.observe(time.perf_counter() - started)
-        for patient, rows in fetched.items():
-            self.cache[patient] = rows
-        return fetched
 
     async def attach(self, records: list[dict[str, Any]], model_uses_history: bool) -> list[str]:
         """Add each record's history (or missing history) to it, in place; returns each one's status."""
@@ -146,6 +176,8 @@ class HistoryLookup:
             patient = record.get(PATIENT)
             if patient is None:
                 statuses[i] = "no_patient"
+            elif record.get(ENCOUNTER) is None:
+                statuses[i] = "no_encounter"
             elif self.engine is None:
                 statuses[i] = "off"
             elif (cached := self.cache.get(int(patient))) is not None:
@@ -165,7 +197,7 @@ class HistoryLookup:
                 statuses[i] = "unavailable"
                 record.update(missing_history())
                 continue
-            history = rows.history_before(record.get(ENCOUNTER))
+            history = rows.history_before(int(record[ENCOUNTER]))
             record.update(history)
             statuses[i] = "found" if history["hist_encounters"] > 0 else "first_encounter"
         return self._count([s for s in statuses if s is not None])

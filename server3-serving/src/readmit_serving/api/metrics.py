@@ -64,10 +64,11 @@ QUEUED_ROWS = Gauge("readmit_api_inference_queued_rows", "Encounters waiting for
 HISTORY_LOOKUPS = Counter(
     "readmit_api_history_lookups_total",
     "Encounters by how their patient history was obtained (see readmit_serving.api.history.HISTORY_STATUSES): "
-    "found, first_encounter, unavailable (store down or slow: scored without history), no_patient, off, not_used",
+    "found, first_encounter, unavailable (store down or slow: scored without history), no_patient, no_encounter, off, "
+    "not_used",
     ["status"],
 )
-for _status in ("found", "first_encounter", "unavailable", "no_patient", "off", "not_used"):
+for _status in ("found", "first_encounter", "unavailable", "no_patient", "no_encounter", "off", "not_used"):
     HISTORY_LOOKUPS.labels(status=_status)
 HISTORY_FAILURES = Counter("readmit_api_history_failures_total",
                            "Failed lookups of the history store, by reason: timeout, error", ["reason"])
