@@ -49,6 +49,7 @@ class DoubleModel:
     version: str = "7"
     threshold: float = 0.5
     base_rate: float = 0.1
+    uses_history: bool = False
 
     def predict(self, records):
         self.calls.append(list(records))
