@@ -14,7 +14,8 @@ The same code computes history everywhere:
 
 - preprocessing stores ``history_table`` of every clean encounter in CleanData (``patient_history``),
   which training reads;
-- serving computes ``history_after`` of the patient's clean encounters that precede the encounter it
+- serving computes ``cumulative_history`` of the patient's clean encounters and takes the row of the last
+  one before the encounter it scores
   scores (``earlier`` rows looked up by ``patient_nbr``).
 
 History may be missing (no lookup possible): every history column is then ``None``/NaN and the
@@ -144,12 +145,3 @@ def cumulative_history(encounters: pd.DataFrame) -> pd.DataFrame:
     after.insert(0, PATIENT, rows[PATIENT].to_numpy())
     after.insert(0, ENCOUNTER, rows[ENCOUNTER].to_numpy())
     return after.reset_index(drop=True)
-
-
-def history_after(earlier: pd.DataFrame) -> dict[str, float]:
-    """The history of a new encounter of one patient, given that patient's ``earlier`` encounters (clean
-    rows with ``HISTORY_INPUTS``, any order; empty for a first encounter)."""
-    if earlier.empty:
-        return empty_history()
-    after = _after(_sorted(earlier))
-    return {name: float(value) for name, value in after.iloc[-1].items()}

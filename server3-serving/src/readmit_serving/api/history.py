@@ -2,7 +2,7 @@
 
 Before scoring, the API reads the patient's clean encounters (``HISTORY_DB_URL``, CleanData's
 ``clean_encounters``, by ``patient_nbr``: a read-only identity) and computes the history of the
-encounter with the contract's code (``readmit_contract.history.history_after``): the same features
+encounter with the contract's code (``readmit_contract.history.cumulative_history``): the same features
 training read from ``patient_history``. The lookup never holds a prediction up for long:
 
 - each patient's rows are cached for ``HISTORY_CACHE_SECONDS`` (new batches arrive in hours, not seconds);
