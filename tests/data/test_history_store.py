@@ -36,11 +36,19 @@ def _assert_in_step(clean_store) -> pd.DataFrame:
     return stored
 
 
+def _loaded_and_cleaned(stores, source_frame, *batches: str):
+    """Every batch of the source loaded into RawData, then ``batches`` cleaned in that order."""
+    raw, clean_store = stores
+    load(raw, source_frame, source=SOURCE, batch="all", batch_size=BATCH_SIZE, seed=42, progress=False)
+    for batch in batches:
+        preprocess_batch(raw, clean_store, batch)
+    return raw, clean_store
+
+
 def test_history_follows_batches_in_any_order(stores, source_frame):
     """Train batches cleaned out of order (a patient's later encounter first): each time the table is
     recomputed for the batch's patients and matches the contract's history of what is clean so far."""
-    raw, clean_store = stores
-    load(raw, source_frame, source=SOURCE, batch="all", batch_size=BATCH_SIZE, seed=42, progress=False)
+    raw, clean_store = _loaded_and_cleaned(stores, source_frame)
     for batch in ("train-0003", "validation", "train-0001", "test", "train-0002"):
         preprocess_batch(raw, clean_store, batch)
         stored = _assert_in_step(clean_store)
@@ -50,9 +58,7 @@ def test_history_follows_batches_in_any_order(stores, source_frame):
 def test_a_failed_batch_leaves_history_as_it_was(stores, source_frame):
     """The database refuses a history row of the batch: the batch's clean rows and every history row stay as
     before (one transaction), and the re-run brings the table in step."""
-    raw, clean_store = stores
-    load(raw, source_frame, source=SOURCE, batch="all", batch_size=BATCH_SIZE, seed=42, progress=False)
-    preprocess_batch(raw, clean_store, "train-0001")
+    raw, clean_store = _loaded_and_cleaned(stores, source_frame, "train-0001")
     before = _stored(clean_store)
     plan = SplitPlan.of(source_frame, BATCH_SIZE, 42)
     victim = int(clean(validate(plan.train_batch(2)).valid).clean["encounter_id"].iloc[-1])
@@ -67,10 +73,7 @@ def test_a_failed_batch_leaves_history_as_it_was(stores, source_frame):
 
 
 def test_a_store_from_before_history_is_filled(stores, source_frame):
-    raw, clean_store = stores
-    load(raw, source_frame, source=SOURCE, batch="all", batch_size=BATCH_SIZE, seed=42, progress=False)
-    for batch in ("validation", "train-0001"):
-        preprocess_batch(raw, clean_store, batch)
+    _, clean_store = _loaded_and_cleaned(stores, source_frame, "validation", "train-0001")
     with clean_store.begin() as conn:
         conn.execute(delete(patient_history))
     assert _stored(clean_store).empty
@@ -79,10 +82,7 @@ def test_a_store_from_before_history_is_filled(stores, source_frame):
 
 
 def test_training_reads_each_encounter_with_its_history(stores, source_frame):
-    raw, clean_store = stores
-    load(raw, source_frame, source=SOURCE, batch="all", batch_size=BATCH_SIZE, seed=42, progress=False)
-    for batch in ("train-0001", "train-0002"):
-        preprocess_batch(raw, clean_store, batch)
+    _, clean_store = _loaded_and_cleaned(stores, source_frame, "train-0001", "train-0002")
     train = read_split(clean_store, "train", ["train-0001"])
     expected = _stored(clean_store).set_index("encounter_id").loc[train["encounter_id"], list(HISTORY_NAMES)]
     assert train["encounter_id"].is_monotonic_increasing and set(train["batch_id"]) == {"train-0001"}
