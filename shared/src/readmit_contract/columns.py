@@ -15,6 +15,13 @@ Kinds
                  legal: they are accepted and mapped to "other" by the transform
 ``icd9``         an ICD-9 code (``250.83``, ``V57``, ``E888``), checked by shape
 ``outcome``      the original three-valued ``readmitted`` (kept in raw data)
+
+When a value is known
+---------------------
+``known`` says when, in a hospital stay, a column's value exists: at ``admission`` (who the patient is,
+how they came in, their prior-year visits) or only at ``discharge`` (length of stay, procedures, coded
+diagnoses, test results, medication decisions, discharge disposition). The model scores an encounter at
+discharge; the model card lists the inputs known only then.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ REQUIRED = _Required()
 """Sentinel: the column has no default in an encounter."""
 
 Kind = Literal["id", "integer", "code", "category", "open_category", "icd9", "outcome"]
+Known = Literal["admission", "discharge"]
 
 TEXT_MAX_LENGTH = 64
 """Longest text value (characters) the contract accepts in a text column, and the width the stores give it
@@ -75,6 +83,8 @@ class Column:
     max_length: int | None = None
     """Longest value in characters (text kinds; ``TEXT_MAX_LENGTH`` unless given): validation rejects a
     longer one and the stores declare the column this wide. None for integer kinds."""
+    known: Known = "admission"
+    """When in the stay the value exists (see the module's doc)."""
 
     def __post_init__(self) -> None:
         if not self.is_integer and self.max_length is None:
@@ -180,12 +190,12 @@ MEDICATIONS: tuple[str, ...] = (
 READMITTED_VALUES: tuple[str, ...] = ("NO", ">30", "<30")
 
 
-def _code(name: str, description: str, labels: dict[int, str]) -> Column:
-    return Column(name, "code", description, allowed=tuple(sorted(labels)), labels=labels)
+def _code(name: str, description: str, labels: dict[int, str], known: Known = "admission") -> Column:
+    return Column(name, "code", description, allowed=tuple(sorted(labels)), labels=labels, known=known)
 
 
-def _count(name: str, description: str, maximum: int, minimum: int = 0) -> Column:
-    return Column(name, "integer", description, minimum=minimum, maximum=maximum)
+def _count(name: str, description: str, maximum: int, minimum: int = 0, known: Known = "admission") -> Column:
+    return Column(name, "integer", description, minimum=minimum, maximum=maximum, known=known)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -197,31 +207,34 @@ COLUMNS: tuple[Column, ...] = (
     Column("age", "category", "Age bracket in years", allowed=AGE_BRACKETS),
     Column("weight", "category", "Weight bracket in pounds", nullable=True, default=None, allowed=WEIGHT_BRACKETS),
     _code("admission_type_id", "Type of admission", _ADMISSION_TYPE),
-    _code("discharge_disposition_id", "Discharge disposition", _DISCHARGE_DISPOSITION),
+    _code("discharge_disposition_id", "Discharge disposition", _DISCHARGE_DISPOSITION, known="discharge"),
     _code("admission_source_id", "Source of admission", _ADMISSION_SOURCE),
-    _count("time_in_hospital", "Days between admission and discharge", minimum=1, maximum=14),
+    _count("time_in_hospital", "Days between admission and discharge", minimum=1, maximum=14, known="discharge"),
     Column("payer_code", "open_category", "Payer (insurance) code", nullable=True, default=None,
            allowed=PAYER_CODES),
     Column("medical_specialty", "open_category", "Specialty of the admitting physician", nullable=True, default=None,
            allowed=MEDICAL_SPECIALTIES),
-    _count("num_lab_procedures", "Lab tests performed during the encounter", minimum=0, maximum=200),
-    _count("num_procedures", "Procedures (other than lab tests) performed", maximum=10),
-    _count("num_medications", "Distinct generic drugs administered", maximum=150),
+    _count("num_lab_procedures", "Lab tests performed during the encounter", minimum=0, maximum=200, known="discharge"),
+    _count("num_procedures", "Procedures (other than lab tests) performed", maximum=10, known="discharge"),
+    _count("num_medications", "Distinct generic drugs administered", maximum=150, known="discharge"),
     _count("number_outpatient", "Outpatient visits in the year before the encounter", maximum=100),
     _count("number_emergency", "Emergency visits in the year before the encounter", maximum=100),
     _count("number_inpatient", "Inpatient visits in the year before the encounter", maximum=100),
-    Column("diag_1", "icd9", "Primary diagnosis (ICD-9)", nullable=True, default=None),
-    Column("diag_2", "icd9", "Secondary diagnosis (ICD-9)", nullable=True, default=None),
-    Column("diag_3", "icd9", "Additional secondary diagnosis (ICD-9)", nullable=True, default=None),
-    _count("number_diagnoses", "Diagnoses entered into the system", minimum=1, maximum=20),
+    Column("diag_1", "icd9", "Primary diagnosis (ICD-9)", nullable=True, default=None, known="discharge"),
+    Column("diag_2", "icd9", "Secondary diagnosis (ICD-9)", nullable=True, default=None, known="discharge"),
+    Column("diag_3", "icd9", "Additional secondary diagnosis (ICD-9)", nullable=True, default=None, known="discharge"),
+    _count("number_diagnoses", "Diagnoses entered into the system", minimum=1, maximum=20, known="discharge"),
     Column("max_glu_serum", "category", "Glucose serum test result (None: not measured)",
-           allowed=("None", "Norm", ">200", ">300"), default="None"),
+           allowed=("None", "Norm", ">200", ">300"), default="None", known="discharge"),
     Column("A1Cresult", "category", "HbA1c test result (None: not measured)",
-           allowed=("None", "Norm", ">7", ">8"), default="None"),
-    *(Column(m, "category", f"Status of {m} at this encounter", allowed=MEDICATION_STATUSES, default="No")
+           allowed=("None", "Norm", ">7", ">8"), default="None", known="discharge"),
+    *(Column(m, "category", f"Status of {m} at this encounter", allowed=MEDICATION_STATUSES, default="No",
+             known="discharge")
       for m in MEDICATIONS),
-    Column("change", "category", "Change in diabetic medications (Ch: changed)", allowed=("No", "Ch")),
-    Column("diabetesMed", "category", "Any diabetic medication prescribed", allowed=("No", "Yes")),
+    Column("change", "category", "Change in diabetic medications (Ch: changed)", allowed=("No", "Ch"),
+           known="discharge"),
+    Column("diabetesMed", "category", "Any diabetic medication prescribed", allowed=("No", "Yes"),
+           known="discharge"),
     Column("readmitted", "outcome", "Readmission: NO, >30 days, <30 days", allowed=READMITTED_VALUES),
 )
 
@@ -232,6 +245,8 @@ FEATURE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_feature
 INTEGER_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_integer)
 TEXT_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if not c.is_integer)
 NULLABLE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.nullable)
+DISCHARGE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_feature and c.known == "discharge")
+"""Inputs known only at discharge (``Column.known``)."""
 OUTCOME_COLUMN = "readmitted"
 
 assert len(COLUMNS) == 50, "diabetic_data.csv has 50 columns"

@@ -67,6 +67,19 @@ _STATUS_CODE = {status: i for i, status in enumerate(MEDICATION_STATUSES)}  # No
 _CHANGED_STATUSES = ("Up", "Down")
 HISTORY_FEATURES: tuple[str, ...] = (*HISTORY_NAMES, "history_known", "hist_inpatient_trend")
 """Features of the history block (the last two derived: see ``EncounterFeatures._history``)."""
+DERIVED_DESCRIPTIONS: dict[str, str] = {
+    "prior_visits_total": "Visits of any kind in the year before the encounter",
+    "meds_prescribed": "Diabetes medications given at this encounter",
+    "meds_changed": "Diabetes medications whose dose changed",
+    "meds_up": "Diabetes medications increased",
+    "meds_down": "Diabetes medications decreased",
+    "diag_any_diabetes": "A diabetes diagnosis among the three coded",
+    "history_known": "Earlier encounters of this patient could be looked up",
+    "hist_inpatient_trend": "Change in prior-year inpatient visits since the last earlier encounter",
+}
+"""Clinical words for the features the transform derives (not columns of the contract), for explanations."""
+DERIVED_FROM: dict[str, str] = {"age_years": "age", "weight_known": "weight", "weight_lbs": "weight"}
+"""Features that re-express one column (explained as that column)."""
 
 
 def _is_missing(value: Any) -> bool:
