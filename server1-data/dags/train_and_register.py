@@ -8,18 +8,23 @@ Runs when `preprocess_incremental` updates the `clean_encounters` Asset (or by h
    estimator) on those batches, evaluates it on the validation split, and logs parameters, lineage,
    ROC-AUC / PR-AUC / Brier / log loss / F1 / recall at the chosen threshold, a calibration plot, a
    confusion matrix and the model (signature, input example) to MLflow;
-3. `register_best` — decides, then registers: the best candidate is compared with the current champion
+3. `register_best` — builds the best candidate's model card (intended use, data, test and validation
+   metrics with patient-bootstrap intervals, calibration, subgroups, the threshold as a capacity rule)
+   and stores it on its run; decides, then registers: the best candidate is compared with the current champion
    on the same validation rows (both re-scored; a paired bootstrap over patients, corrected for having
    picked the best of N candidates) and registered as a version of `MODEL_NAME` with its decision as
    tags in one call; the `champion` alias moves to it only if the lower bound of its lead exceeds
-   `PROMOTION_MIN_DELTA`, otherwise it becomes `challenger`. A registry error (MLflow unreachable,
+   `PROMOTION_MIN_DELTA` and its card's calibration and subgroups are not worse than the champion's
+   beyond `PROMOTION_MAX_CALIBRATION_WORSENING` / `PROMOTION_MAX_SUBGROUP_AUC_DROP`, otherwise it
+   becomes `challenger`. A registry error (MLflow unreachable,
    timeout, 5xx, 401/403) fails the task, never counts as "no champion"; the task retries, and a retry
    completes the version an earlier attempt registered instead of creating another;
 4. `record_test_metrics` — the champion's test-set metrics, computed once.
 
 Params: `candidates` (default from `CANDIDATES`). Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`,
 `MLFLOW_EXPERIMENT_NAME`, `MODEL_NAME`, `MODEL_ALIAS`, `PROMOTION_MIN_DELTA`, `PROMOTION_CONFIDENCE`,
-`PROMOTION_BOOTSTRAP_SAMPLES`, `MLFLOW_HTTP_REQUEST_TIMEOUT`, `MLFLOW_HTTP_REQUEST_MAX_RETRIES`,
+`PROMOTION_BOOTSTRAP_SAMPLES`, `PROMOTION_MAX_SUBGROUP_AUC_DROP`, `PROMOTION_MAX_CALIBRATION_WORSENING`,
+`MODEL_CARD_MIN_GROUP_ROWS`, `MODEL_CARD_BOOTSTRAP_SAMPLES`, `MLFLOW_HTTP_REQUEST_TIMEOUT`, `MLFLOW_HTTP_REQUEST_MAX_RETRIES`,
 `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`.
 """
 

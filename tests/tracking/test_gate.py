@@ -350,10 +350,10 @@ def test_authentication_and_permission_errors_abort(auth_tracking, clean_url):
             assert f"failed while looking for versions of {name}" in str(refused.value)
             assert "authentication refused (HTTP 401)" in str(refused.value)
 
-            identity(auth_tracking.reader)  # reads the registry and the run, may not register
+            identity(auth_tracking.reader)  # reads the registry and the run, may not write (the model card first)
             with pytest.raises(RegistryError) as denied:
                 register_and_promote(settings, engine, baseline)
-            assert f"failed while registering prior_baseline (run {baseline.run_id})" in str(denied.value)
+            assert f"failed while storing the model card on run {baseline.run_id}" in str(denied.value)
             assert "permission denied (HTTP 403)" in str(denied.value)
 
             identity(auth_tracking.training)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from readmit_contract import validate
 from readmit_contract.artifact import DIGEST_TAG, artifact_digest
+from readmit_contract.card import CARD_DIGEST_TAG, CARD_JSON, ModelCard, card_digest
 from readmit_contract.columns import FEATURE_COLUMNS
 from readmit_data.loading import load, read_source
 from readmit_data.preprocessing import preprocess_pending
@@ -73,6 +75,19 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     with tempfile.TemporaryDirectory() as tmp:  # the digest of the artifact as MLflow hands it out, for serving
         assert champion.tags[DIGEST_TAG] == artifact_digest(mlflow.artifacts.download_artifacts(
             f"models:/{model_name}/1", dst_path=tmp))
+    # its model card: stored on the run (JSON, markdown, calibration plot), its digest on the version
+    card_files = {a.path for a in client.list_artifacts(best.info.run_id, "model_card")}
+    assert card_files == {CARD_JSON, "model_card/card.md", "model_card/calibration.png"}
+    with tempfile.TemporaryDirectory() as tmp:
+        card_bytes = Path(client.download_artifacts(best.info.run_id, CARD_JSON, tmp)).read_bytes()
+    assert champion.tags[CARD_DIGEST_TAG] == card_digest(card_bytes)
+    card = ModelCard.model_validate_json(card_bytes)
+    assert card.model.run_id == best.info.run_id and card.model.candidate == best.data.tags["candidate"]
+    assert card.evaluation["validation"].roc_auc.value == pytest.approx(best.data.metrics["val_roc_auc"], abs=1e-9)
+    assert card.threshold.value == pytest.approx(best.data.metrics["threshold"])
+    assert card.data.train_batches == best.data.params["train_batches"].split(",")
+    assert card.data.rows["train"] == int(best.data.metrics["train_rows"])
+    assert float(champion.tags["test_roc_auc"]) == pytest.approx(card.evaluation["test"].roc_auc.value, abs=1e-5)
     assert float(champion.tags["test_roc_auc"]) > 0.5  # champion's test metrics, recorded once
     assert "test_roc_auc" in client.get_run(best.info.run_id).data.metrics
 
@@ -110,6 +125,7 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     assert int(challenger.tags["gate.patients"]) <= int(challenger.tags["gate.rows"])
     assert "test_roc_auc" not in challenger.tags
     assert re.fullmatch(r"[0-9a-f]{64}", challenger.tags[DIGEST_TAG])
+    assert re.fullmatch(r"[0-9a-f]{64}", challenger.tags[CARD_DIGEST_TAG])  # every registered version has a card
     baseline_run = client.get_run(challenger.run_id)
     assert baseline_run.data.tags["promotion"] == challenger.tags["promotion"]
     assert baseline_run.data.tags["gate.lower_bound"] == challenger.tags["gate.lower_bound"]

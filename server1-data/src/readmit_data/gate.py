@@ -201,3 +201,95 @@ def patient_bootstrap_interval(y: np.ndarray, scores: np.ndarray, patients: np.n
     aucs = aucs[~np.isnan(aucs)]
     tail = (1.0 - confidence) / 2
     return float(np.quantile(aucs, tail)), float(np.quantile(aucs, 1.0 - tail))
+
+
+# -- what the model card adds to the gate: calibration and subgroups ----------------------------------
+
+@dataclass(frozen=True)
+class GroupCheck:
+    """A subgroup's ROC-AUC, challenger against champion on the same rows."""
+
+    attribute: str
+    group: str
+    rows: int
+    challenger_auc: float
+    champion_auc: float
+    drop_lower_bound: float
+    """One-sided lower bound of champion - challenger (Bonferroni over the groups checked)."""
+    max_drop: float
+
+    @property
+    def worse(self) -> bool:
+        """The challenger is worse for this group by more than ``max_drop``, beyond the noise."""
+        return self.drop_lower_bound > self.max_drop
+
+    @property
+    def name(self) -> str:
+        return f"{self.attribute}={self.group}"
+
+
+def subgroup_checks(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, patients: np.ndarray,
+                    groups: list[tuple[str, str, np.ndarray]], *, confidence: float = 0.95, samples: int = 1000,
+                    max_drop: float = 0.02, seed: int = 0) -> list[GroupCheck]:
+    """For each (attribute, group, row mask) whose rows hold both outcomes: the paired patient bootstrap of the
+    champion's lead over the challenger within the group, its bound corrected for the number of groups."""
+    y, challenger, champion, patients = map(np.asarray, (y, challenger, champion, patients))
+    usable = [(a, g, m) for a, g, m in groups if len(np.unique(y[m])) == 2]
+    out = []
+    for attribute, group, mask in usable:
+        lead = paired_bootstrap(y[mask], champion[mask], challenger[mask], patients[mask], candidates=len(usable),
+                                confidence=confidence, samples=samples, min_delta=max_drop, seed=seed)
+        # the bootstrap was asked for champion - challenger: its "challenger" is our champion
+        out.append(GroupCheck(attribute, group, int(mask.sum()), challenger_auc=lead.champion_auc,
+                              champion_auc=lead.challenger_auc, drop_lower_bound=lead.lower_bound, max_drop=max_drop))
+    return out
+
+
+@dataclass(frozen=True)
+class CalibrationCheck:
+    """Calibration error |slope - 1|, challenger against champion on the same rows."""
+
+    challenger_slope: float
+    champion_slope: float
+    worsening_lower_bound: float
+    """One-sided lower bound of |challenger slope - 1| - |champion slope - 1| (patients resampled)."""
+    max_worsening: float
+
+    @property
+    def worse(self) -> bool:
+        return self.worsening_lower_bound > self.max_worsening
+
+
+def _slopes(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Calibration slope of ``scores`` under each row of ``weights`` (a weighted logistic fit on the logit)."""
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(scores, 1e-6, 1 - 1e-6)
+    logit = np.log(p / (1 - p)).reshape(-1, 1)
+    out = np.full(len(weights), np.nan)
+    for i, w in enumerate(weights):
+        if (w * y).sum() > 0 and (w * (1 - y)).sum() > 0:
+            out[i] = LogisticRegression(C=np.inf, max_iter=1000).fit(logit, y, sample_weight=w).coef_[0, 0]
+    return out
+
+
+def calibration_check(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, patients: np.ndarray, *,
+                      confidence: float = 0.95, samples: int = 200, max_worsening: float = 0.1,
+                      seed: int = 0) -> CalibrationCheck:
+    """Whether the challenger's calibration slope is further from 1 than the champion's by more than
+    ``max_worsening``, beyond the noise (paired bootstrap over patients)."""
+    y = np.asarray(y).astype(int)
+    ones = np.ones((1, len(y)))
+    challenger_slope = float(_slopes(y, challenger, ones)[0])
+    champion_slope = float(_slopes(y, champion, ones)[0])
+    if not (np.isfinite(challenger_slope) and np.isfinite(champion_slope)):
+        # a constant model has no slope: nothing to compare
+        return CalibrationCheck(challenger_slope, champion_slope, float("-inf"), max_worsening)
+    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
+    n = int(patient_of_row.max()) + 1
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)
+    weights = draws[:, patient_of_row]
+    worsening = np.abs(_slopes(y, challenger, weights) - 1) - np.abs(_slopes(y, champion, weights) - 1)
+    worsening = worsening[np.isfinite(worsening)]
+    lower = float(np.quantile(worsening, 1 - confidence)) if len(worsening) else float("-inf")
+    return CalibrationCheck(challenger_slope, champion_slope, lower, max_worsening)

@@ -72,6 +72,9 @@ def failure_kind(exc: BaseException, settings: DataSettings) -> str:
     code = str(getattr(exc, "error_code", "") or "")
     found = _STATUS.search(text)
     status = int(next(g for g in found.groups() if g)) if found else None
+    response = getattr(exc, "response", None)  # requests' HTTPError (artifact uploads through the server)
+    if status is None and isinstance(getattr(response, "status_code", None), int):
+        status = response.status_code
     retries = settings.mlflow_http_request_max_retries
     if code == "UNAUTHENTICATED" or status == 401:
         return ("authentication refused (HTTP 401): check the training identity "

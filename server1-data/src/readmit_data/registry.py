@@ -5,13 +5,16 @@ The order makes a failure at any step leave nothing half-done, and a retry finis
 1. The current champion is looked up. A registry error (unreachable, timeout, 5xx, 401, 403, ...) stops
    the task with a ``RegistryError``: only "the registered model does not exist"
    (``RESOURCE_DOES_NOT_EXIST``) or "it has no champion alias" means that there is no champion yet.
-2. The decision is made before anything is written. The candidate's logged model is downloaded and
-   checked against the artifact contract (skops, allowed types; its checksum computed); the champion
-   is loaded through serving's own checks; both are scored on today's validation rows and compared by
-   a paired bootstrap over patients, corrected for the run's best-of-N pick (``readmit_data.gate``).
+2. The decision is made before anything is written to the registry. The candidate's logged model is
+   downloaded and checked against the artifact contract (skops, allowed types; its checksum computed);
+   its model card is built and stored on its run (``readmit_data.model_card``; reused when a retry
+   finds it there); the champion is loaded through serving's own checks; both are scored on today's
+   validation rows and compared by a paired bootstrap over patients, corrected for the run's best-of-N
+   pick (``readmit_data.gate``); then the card's calibration and subgroups must not be worse than the
+   champion's beyond the configured limits and the noise.
    A champion that cannot be loaded (refused by the checks, failing to load or to score) is an
    explicit decision, ``champion_unloadable``, with its reason: the candidate replaces it.
-3. The version is created with its decision, its figures and its checksum as tags, in one registry
+3. The version is created with its decision, its figures and its checksums (artifact, card) as tags, in one registry
    call: no version ever exists without its decision.
 4. The alias moves (``champion`` if promoted, else ``challenger``) and the decision is copied to the run.
 
@@ -30,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from readmit_contract import TARGET, artifact
 from readmit_contract.artifact import (
     DIGEST_TAG,
@@ -38,12 +43,15 @@ from readmit_contract.artifact import (
     download_registered,
     verify_format_and_types,
 )
+from readmit_contract.card import CARD_DIGEST_TAG, ModelCard
 from sqlalchemy import Engine
 
 from .candidates import PATIENT_COLUMN
-from .gate import Comparison, paired_bootstrap
+from .gate import Comparison, calibration_check, paired_bootstrap, subgroup_checks
 from .mlflow_access import RegistryError, is_not_found, registry_call
+from .model_card import build_card, group_values, log_card, read_card
 from .settings import DataSettings
+from .stores import clean_encounters
 from .training import CandidateResult, evaluate, read_split
 
 TEST_TAG_PREFIX = "test_"
@@ -58,8 +66,12 @@ REASON_TAG = "promotion"
 FIRST_MODEL = "first_model"
 BETTER = "better"
 NOT_BETTER = "not_better"
+WORSE_CALIBRATION = "worse_calibration"
+"""Better ROC-AUC, but its calibration is worse than the champion's beyond the limit (the model card's check)."""
+WORSE_SUBGROUP = "worse_subgroup"
+"""Better ROC-AUC, but worse than the champion for a subgroup of its model card beyond the limit."""
 CHAMPION_UNLOADABLE = "champion_unloadable"
-DECISIONS = (FIRST_MODEL, BETTER, NOT_BETTER, CHAMPION_UNLOADABLE)
+DECISIONS = (FIRST_MODEL, BETTER, NOT_BETTER, WORSE_CALIBRATION, WORSE_SUBGROUP, CHAMPION_UNLOADABLE)
 
 log = logging.getLogger(__name__)
 
@@ -200,39 +212,134 @@ def _unloadable(best: CandidateResult, champion_version: str, why: str) -> Decis
     )
 
 
+def _card_groups(card: ModelCard, validation: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
+    """The subgroups of the card's validation assessment (not the small ones), as row masks of ``validation``."""
+    groups = []
+    for table in card.evaluation["validation"].subgroups:
+        if table.attribute not in validation.columns:
+            continue
+        values = group_values(validation, table.attribute)
+        for group in table.groups:
+            if not group.small:
+                groups.append((table.attribute, group.group, np.isin(values, group.members)))
+    return groups
+
+
 def _compare(settings: DataSettings, best: CandidateResult, champion_version: str, champion_model: Any,
-             candidate_model: Any, clean_store: Engine, candidates: int) -> Decision:
-    validation = read_split(clean_store, "validation")
+             candidate_model: Any, validation: pd.DataFrame, card: ModelCard, candidates: int) -> Decision:
+    """The champion and the candidate on the same validation rows: the ROC-AUC lead (paired patient bootstrap,
+    corrected for the run's best-of-N pick), then what the candidate's model card adds: its calibration and
+    its subgroups must not be worse than the champion's beyond the configured limits and the noise."""
     try:
         champion_proba = champion_model.predict_proba(validation)[:, 1]
     except Exception as exc:  # noqa: BLE001 - whatever makes the champion unusable on today's rows
         log.warning("champion v%s cannot score the validation rows", champion_version, exc_info=True)
         return _unloadable(best, champion_version, f"it fails to score the validation rows ({type(exc).__name__})")
+    y = validation[TARGET].to_numpy()
+    patients = validation[PATIENT_COLUMN].to_numpy()
+    candidate_proba = candidate_model.predict_proba(validation)[:, 1]
     comparison: Comparison = paired_bootstrap(
-        validation[TARGET].to_numpy(), candidate_model.predict_proba(validation)[:, 1], champion_proba,
-        validation[PATIENT_COLUMN].to_numpy(), candidates=candidates, confidence=settings.promotion_confidence,
-        samples=settings.promotion_bootstrap_samples, min_delta=settings.promotion_min_delta,
-        seed=settings.random_seed,
+        y, candidate_proba, champion_proba, patients, candidates=candidates,
+        confidence=settings.promotion_confidence, samples=settings.promotion_bootstrap_samples,
+        min_delta=settings.promotion_min_delta, seed=settings.random_seed,
     )
-    promoted = comparison.promoted
-    reason = (
-        ("promoted: " if promoted else "not promoted: ")
-        + f"{best.candidate} validation ROC-AUC {comparison.challenger_auc:.4f} vs champion v{champion_version} "
-        + f"{comparison.champion_auc:.4f} on the same {comparison.rows} validation rows: delta "
-        + f"{comparison.delta:+.4f}, {comparison.confidence:.2%} lower bound {comparison.lower_bound:+.4f} "
-        + f"(paired bootstrap over {comparison.patients} patients, {comparison.samples} samples, best of "
-        + f"{comparison.candidates} candidates), min delta {settings.promotion_min_delta:g}"
-    )
-    return Decision(kind=BETTER if promoted else NOT_BETTER, promoted=promoted, reason=reason,
-                    champion_version=champion_version, figures=comparison.tags())
+    calibration = calibration_check(y, candidate_proba, champion_proba, patients,
+                                    confidence=settings.promotion_confidence,
+                                    max_worsening=settings.promotion_max_calibration_worsening,
+                                    seed=settings.random_seed)
+    groups = subgroup_checks(y, candidate_proba, champion_proba, patients, _card_groups(card, validation),
+                             confidence=settings.promotion_confidence, samples=settings.promotion_bootstrap_samples,
+                             max_drop=settings.promotion_max_subgroup_auc_drop, seed=settings.random_seed)
+    worst = max(groups, key=lambda g: g.drop_lower_bound, default=None)
+    worse_groups = [g for g in groups if g.worse]
+    lead = (f"{best.candidate} validation ROC-AUC {comparison.challenger_auc:.4f} vs champion v{champion_version} "
+            f"{comparison.champion_auc:.4f} on the same {comparison.rows} validation rows: delta "
+            f"{comparison.delta:+.4f}, {comparison.confidence:.2%} lower bound {comparison.lower_bound:+.4f} "
+            f"(paired bootstrap over {comparison.patients} patients, {comparison.samples} samples, best of "
+            f"{comparison.candidates} candidates), min delta {settings.promotion_min_delta:g}")
+    findings = []
+    if calibration.worse:
+        findings.append(f"its calibration is worse: slope {calibration.challenger_slope:.3f} vs the champion's "
+                        f"{calibration.champion_slope:.3f} (|slope - 1| worse by at least "
+                        f"{calibration.worsening_lower_bound:.3f}, limit {calibration.max_worsening:g})")
+    if worse_groups:
+        findings.append("it is worse for " + "; ".join(
+            f"{g.name} ({g.rows} rows): ROC-AUC {g.challenger_auc:.4f} vs {g.champion_auc:.4f}, at least "
+            f"{g.drop_lower_bound:.4f} lower (limit {g.max_drop:g})" for g in worse_groups))
+    if not comparison.promoted:
+        kind, promoted = NOT_BETTER, False
+    elif calibration.worse:
+        kind, promoted = WORSE_CALIBRATION, False
+    elif worse_groups:
+        kind, promoted = WORSE_SUBGROUP, False
+    else:
+        kind, promoted = BETTER, True
+    reason = ("promoted: " if promoted else "not promoted: ") + lead
+    if findings:
+        reason += "; " + "; ".join(findings)
+    elif promoted:
+        reason += (f"; calibration slope {calibration.challenger_slope:.3f} (champion "
+                   f"{calibration.champion_slope:.3f}) and {len(groups)} subgroups of the model card within limits")
+    figures = {
+        **comparison.tags(),
+        "gate.calibration_slope": f"{calibration.challenger_slope:.6f}",
+        "gate.champion_calibration_slope": f"{calibration.champion_slope:.6f}",
+        "gate.calibration_worsening_lower_bound": f"{calibration.worsening_lower_bound:.6f}",
+        "gate.max_calibration_worsening": f"{calibration.max_worsening:g}",
+        "gate.subgroups_checked": str(len(groups)),
+        "gate.max_subgroup_auc_drop": f"{settings.promotion_max_subgroup_auc_drop:g}",
+    }
+    if worst is not None:
+        figures.update({"gate.worst_subgroup": worst.name,
+                        "gate.worst_subgroup_roc_auc": f"{worst.challenger_auc:.6f}",
+                        "gate.worst_subgroup_champion_roc_auc": f"{worst.champion_auc:.6f}",
+                        "gate.worst_subgroup_drop_lower_bound": f"{worst.drop_lower_bound:.6f}"})
+    return Decision(kind=kind, promoted=promoted, reason=reason, champion_version=champion_version, figures=figures)
+
+
+def train_summary(settings: DataSettings, clean_store: Engine, run_id: str) -> dict[str, Any]:
+    """Batches, rows, patients and positive rate of the train rows run ``run_id`` was fitted on."""
+    from sqlalchemy import func, select
+
+    client = _client(settings)
+    with registry_call(settings, f"reading run {run_id}", "nothing was registered or promoted"):
+        params = client.get_run(run_id).data.params
+    batches = [b for b in params.get("train_batches", "").split(",") if b]
+    table = clean_encounters
+    query = (select(func.count(), func.count(func.distinct(table.c.patient_nbr)), func.avg(table.c[TARGET]))
+             .where(table.c.split == "train", table.c.batch_id.in_(batches)))
+    with clean_store.connect() as conn:
+        rows, patients, rate = conn.execute(query).one()
+    return {"batches": batches, "rows": int(rows), "patients": int(patients), "positive_rate": float(rate or 0.0)}
+
+
+def ensure_card(settings: DataSettings, clean_store: Engine, best: CandidateResult, model: Any,
+                validation: pd.DataFrame) -> tuple[ModelCard, str]:
+    """The model card on ``best``'s run and its digest: the one stored there by an earlier attempt, or built
+    now (validation and test rows) and stored."""
+    client = _client(settings)
+    failed = "nothing was registered or promoted; a retry builds the model card again"
+    with registry_call(settings, f"looking for the model card of run {best.run_id}", failed):
+        stored = read_card(client, best.run_id)
+    if stored is not None:
+        return stored
+    card = build_card(candidate=best.candidate, run_id=best.run_id, pipeline=model, threshold=best.threshold,
+                      train=train_summary(settings, clean_store, best.run_id), validation=validation,
+                      test=read_split(clean_store, "test"), min_group_rows=settings.model_card_min_group_rows,
+                      samples=settings.model_card_bootstrap_samples, seed=settings.random_seed)
+    with registry_call(settings, f"storing the model card on run {best.run_id}", failed):
+        digest = log_card(client, best.run_id, card, settings.model_name)
+    return card, digest
 
 
 def decide(settings: DataSettings, clean_store: Engine, best: CandidateResult, champion,
-           candidates: int = 1) -> tuple[Decision, str]:
-    """(the decision for ``best`` against ``champion``, the checksum of ``best``'s model artifact).
+           candidates: int = 1) -> tuple[Decision, str, str]:
+    """(the decision for ``best`` against ``champion``, the checksum of ``best``'s model artifact, the checksum of
+    its model card).
 
-    Writes nothing. ``ArtifactRefused`` if the candidate's own artifact fails the contract (it must never be
-    registered); ``RegistryError`` if MLflow fails."""
+    Writes nothing to the registry; stores the candidate's model card on its run (once). ``ArtifactRefused`` if
+    the candidate's own artifact fails the contract (it must never be registered); ``RegistryError`` if MLflow
+    fails."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="readmit-gate-") as tmp:
@@ -243,16 +350,18 @@ def decide(settings: DataSettings, clean_store: Engine, best: CandidateResult, c
                 tracking_uri=settings.mlflow_tracking_uri))
         verify_format_and_types(folder)
         digest = artifact_digest(folder)
-        if champion is None:
-            return Decision(kind=FIRST_MODEL, promoted=True, champion_version=None,
-                            reason=f"first model: validation ROC-AUC {best.metrics['roc_auc']:.4f}"), digest
-        champion_version = str(champion.version)
-        champion_model, refusal = _load_champion(settings, champion)
-        if refusal is not None:
-            return _unloadable(best, champion_version, refusal), digest
         candidate_model = mlflow.sklearn.load_model(str(folder))
-    return _compare(settings, best, champion_version, champion_model, candidate_model, clean_store,
-                    candidates), digest
+    validation = read_split(clean_store, "validation")
+    card, card_digest = ensure_card(settings, clean_store, best, candidate_model, validation)
+    if champion is None:
+        return Decision(kind=FIRST_MODEL, promoted=True, champion_version=None,
+                        reason=f"first model: validation ROC-AUC {best.metrics['roc_auc']:.4f}"), digest, card_digest
+    champion_version = str(champion.version)
+    champion_model, refusal = _load_champion(settings, champion)
+    if refusal is not None:
+        return _unloadable(best, champion_version, refusal), digest, card_digest
+    return (_compare(settings, best, champion_version, champion_model, candidate_model, validation, card,
+                     candidates), digest, card_digest)
 
 
 def versions_of_run(settings: DataSettings, run_id: str) -> list:
@@ -294,8 +403,8 @@ def register_and_promote(settings: DataSettings, clean_store: Engine, best: Cand
         _drop_duplicates(settings, existing)
         return _complete_existing(settings, clean_store, best, existing[0], champion, candidates)
 
-    decision, digest = decide(settings, clean_store, best, champion, candidates)
-    tags = {**decision.tags(), DIGEST_TAG: digest, "candidate": best.candidate,
+    decision, digest, card_digest = decide(settings, clean_store, best, champion, candidates)
+    tags = {**decision.tags(), DIGEST_TAG: digest, CARD_DIGEST_TAG: card_digest, "candidate": best.candidate,
             "val_roc_auc": f"{best.metrics['roc_auc']:.6f}"}
     with registry_call(settings, f"registering {best.candidate} (run {best.run_id}) as a version of "
                                  f"{settings.model_name}",
@@ -314,11 +423,11 @@ def _complete_existing(settings: DataSettings, clean_store: Engine, best: Candid
         log.warning("v%s (run %s) has %s: deciding again against champion %s", version, best.run_id,
                     "a decision made against another champion" if stale else "no decision",
                     champion_version or "(none)")
-        decision, digest = decide(settings, clean_store, best, champion, candidates)
+        decision, digest, card_digest = decide(settings, clean_store, best, champion, candidates)
         client = _client(settings)
         with registry_call(settings, f"recording the decision on {settings.model_name} v{version}",
                            "no alias moved; a retry of the task completes the version"):
-            for key, value in {**decision.tags(), DIGEST_TAG: digest}.items():
+            for key, value in {**decision.tags(), DIGEST_TAG: digest, CARD_DIGEST_TAG: card_digest}.items():
                 client.set_model_version_tag(settings.model_name, version, key, value)
     log.info("v%s was registered by an earlier attempt of run %s: completing it (%s)", version, best.run_id,
              decision.kind)

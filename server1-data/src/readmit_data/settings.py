@@ -38,6 +38,19 @@ class DataSettings(BaseSettings):
     (Bonferroni: the bound is taken at 1 - (1 - PROMOTION_CONFIDENCE) / N)."""
     promotion_bootstrap_samples: int = Field(1000, ge=100, le=100_000, validation_alias="PROMOTION_BOOTSTRAP_SAMPLES")
     """Bootstrap samples of the lead (raised automatically when too few for the corrected tail)."""
+    promotion_max_subgroup_auc_drop: float = Field(0.02, ge=0.0, le=1.0,
+                                                   validation_alias="PROMOTION_MAX_SUBGROUP_AUC_DROP")
+    """A candidate is not promoted when, for one subgroup of its model card (age band, sex, race, payer), its
+    validation ROC-AUC is below the champion's by more than this, beyond the noise (paired patient bootstrap,
+    Bonferroni over the groups)."""
+    promotion_max_calibration_worsening: float = Field(0.1, ge=0.0,
+                                                       validation_alias="PROMOTION_MAX_CALIBRATION_WORSENING")
+    """A candidate is not promoted when its calibration slope is further from 1 than the champion's by more
+    than this, beyond the noise (paired patient bootstrap)."""
+    model_card_min_group_rows: int = Field(100, ge=1, validation_alias="MODEL_CARD_MIN_GROUP_ROWS")
+    """Subgroups of the model card with fewer encounters are merged (and the card says so)."""
+    model_card_bootstrap_samples: int = Field(500, ge=100, le=100_000, validation_alias="MODEL_CARD_BOOTSTRAP_SAMPLES")
+    """Bootstrap samples of the model card's intervals (patients resampled)."""
     mlflow_http_request_timeout: int = Field(30, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
     """Seconds MLflow's client waits for an answer (MLflow's own variable; its default, 120, is lifted here)."""
     mlflow_http_request_max_retries: int = Field(3, ge=0, le=10, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")
