@@ -25,7 +25,7 @@ SHAP is imported only when a tree model's explainer is built.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
