@@ -9,7 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from readmit_contract import TARGET, EncounterFeatures, clean, synthetic, validate
-from readmit_contract.explanation import NOT_KNOWN, NOT_RECORDED, Explainer, factors
+from readmit_contract.explanation import (
+    LINEAR,
+    NOT_KNOWN,
+    NOT_RECORDED,
+    PRIOR,
+    TREE_PATH,
+    TREE_SHAP,
+    Explainer,
+    factors,
+)
 from readmit_contract.features import INPUT_COLUMNS
 from readmit_contract.history import HISTORY_NAMES, history_table
 from readmit_data.candidates import build_pipeline, fit_pipeline
@@ -18,6 +27,8 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
 CANDIDATES = ("hist_gradient_boosting", "random_forest", "logistic_regression", "prior_baseline")
+METHOD = {"hist_gradient_boosting": TREE_SHAP, "random_forest": TREE_PATH, "logistic_regression": LINEAR,
+          "prior_baseline": PRIOR}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +64,7 @@ def test_every_feature_belongs_to_exactly_one_factor(rows):
 def test_contributions_add_up_to_the_models_log_odds(fitted, rows, candidate):
     pipeline = fitted[candidate]
     explainer = Explainer.for_pipeline(pipeline)
-    assert explainer is not None
+    assert explainer is not None and explainer.method == METHOD[candidate]
     sample = rows.sample(40, random_state=1)
     records = sample.to_dict("records")
     explanations = explainer.explain(records)
@@ -86,6 +97,25 @@ def test_linear_contributions_equal_shaps_linear_explainer(fitted, rows):
     explainer = Explainer.for_pipeline(pipeline)
     ours = np.asarray(explainer._contributions(pipeline[0].transform(sample)))
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+
+
+def test_the_forests_path_attributions_rank_factors_as_exact_shap_does(fitted, rows):
+    """The forest is explained with SHAP's approximate tree attributions (exact TreeSHAP is too slow on its deep
+    trees): they must tell the same story as the exact values."""
+    import shap
+    from scipy.stats import spearmanr
+
+    pipeline = fitted["random_forest"]
+    forest = pipeline[-1].calibrated_classifiers_[0].estimator
+    X = pipeline[0].transform(rows.head(20))
+    exact = np.asarray(shap.TreeExplainer(forest).shap_values(X, check_additivity=False))[:, :, 1]
+    approximate = np.asarray(shap.TreeExplainer(forest).shap_values(X, approximate=True,
+                                                                       check_additivity=False))[:, :, 1]
+    correlation = [spearmanr(np.abs(e), np.abs(a)).statistic for e, a in zip(exact, approximate, strict=True)]
+    assert np.mean(correlation) > 0.8
+    top = [len(set(np.argsort(-np.abs(e))[:5]) & set(np.argsort(-np.abs(a))[:5]))
+           for e, a in zip(exact, approximate, strict=True)]
+    assert np.mean(top) >= 3
 
 
 def test_factors_are_named_in_clinical_words(fitted, rows):

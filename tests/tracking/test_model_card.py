@@ -128,7 +128,7 @@ def test_the_card_says_what_it_is_for_and_merges_small_groups(card, data):
     assert card.data.rows == {"train": len(data["train"]), "validation": len(data["validation"]),
                               "test": len(data["test"])}
     race = next(s for s in card.evaluation["validation"].subgroups if s.attribute == "race")
-    merged = [g for g in race.groups if g.group.startswith("other: ")]
+    merged = [g for g in race.groups if g.group.startswith("merged: ")]
     assert merged and race.note and all(m in race.note for m in merged[0].members)
     assert {s.attribute for s in card.evaluation["test"].subgroups} == {"age", "gender", "race", "payer_code"}
     assert card.drivers and card.drivers[0].mean_abs_contribution >= card.drivers[-1].mean_abs_contribution
@@ -147,7 +147,9 @@ def test_small_age_bands_merge_with_their_neighbours():
     assert groups == [("[0-60)", ["[0-10)", "[10-20)", "[50-60)"]), ("[60-100)", ["[60-70)", "[90-100)"])]
     assert note and "[0-60)" in note
     groups, note = merge_groups(np.array(["a"] * 30 + ["b"] * 2 + ["c"] * 1, dtype=object), "race", 20)
-    assert groups == [("a", ["a"]), ("other: b, c", ["b", "c"])] and "b, c" in note
+    assert groups == [("a", ["a"]), ("merged: b, c", ["b", "c"])] and "b, c" in note
+    groups, note = merge_groups(np.array(["a"] * 30 + ["b"] * 2, dtype=object), "race", 20)
+    assert groups == [("a", ["a"]), ("b", ["b"])] and note.startswith("b has fewer than 20")
 
 
 # -- the gate reads the card --------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 - subgroups by age band, sex, race and payer, with Fairlearn's ``MetricFrame``: n, ROC-AUC, observed and
   mean predicted rate, true and false positive rates and the share flagged at the threshold. A group
   with fewer than ``min_group_rows`` encounters is merged (age bands with their neighbour, other
-  attributes into one "other" group) and the card says which; a group still too small after merging is
+  attributes into one "merged" group) and the card says which; a group still too small after merging is
   marked ``small`` (shown, not relied on);
 - the threshold as a capacity rule: the share of validation encounters it flags, and the thresholds
   that would flag 5, 10, 20 and 30 %;
@@ -86,7 +86,7 @@ def merge_groups(values: np.ndarray, attribute: str, min_rows: int) -> tuple[lis
     """The groups of ``values`` as (name, members), small ones merged, and a note saying which were merged.
 
     Ordered attributes (age) merge a small band with its neighbours until the merged band is large enough
-    (a last small band joins the one before); others merge every small value into one ``other`` group."""
+    (a last small band joins the one before); others merge every small value into one ``merged`` group."""
     counts = pd.Series(values).value_counts()
     order = ORDERED_ATTRIBUTES.get(attribute)
     merged_notes: list[str] = []
@@ -110,15 +110,17 @@ def merge_groups(values: np.ndarray, attribute: str, min_rows: int) -> tuple[lis
         large = [v for v in counts.index if int(counts[v]) >= min_rows]
         small = sorted(v for v in counts.index if int(counts[v]) < min_rows)
         groups = [(v, [v]) for v in sorted(large)]
-        if len(small) == 1 and not large:
+        if len(small) == 1:  # nothing to merge it with: shown alone, marked small
             groups.append((small[0], small))
-        elif small:
-            groups.append(("other: " + ", ".join(small), small))
+            return groups, (f"{small[0]} has fewer than {min_rows} encounters: its figures are shown, not relied "
+                            "on")
+        if small:
+            groups.append(("merged: " + ", ".join(small), small))
             merged_notes = small
     note = None
     if merged_notes:
         note = (f"groups of fewer than {min_rows} encounters were merged: "
-                + ("; ".join(merged_notes) if order is not None else ", ".join(merged_notes) + " form 'other'"))
+                + ("; ".join(merged_notes) if order is not None else ", ".join(merged_notes) + " form one group"))
     return groups, note
 
 

@@ -51,7 +51,7 @@ class Calibration(BaseModel):
 
 
 class Group(BaseModel):
-    group: str = Field(description="The group's name (merged groups: 'other: A, B')")
+    group: str = Field(description="The group's name (merged groups: 'merged: A, B')")
     members: list[str] = Field(description="The values of the attribute it covers")
     n: int
     positives: int
