@@ -214,8 +214,8 @@ def test_the_gate_refuses_a_candidate_made_worse_for_one_subgroup(settings, pipe
     champion = pipeline.predict_proba(frame)[:, 1]
     values = group_values(frame, "race")
     groups = [("race", g, values == g) for g in ("Caucasian", "AfricanAmerican")]
-    checks = subgroup_checks(y, _scrambled_for("AfricanAmerican")(frame, champion), champion, frame["patient_nbr"].to_numpy(),
-                             groups, samples=400)
+    challenger = _scrambled_for("AfricanAmerican")(frame, champion)
+    checks = subgroup_checks(y, challenger, champion, frame["patient_nbr"].to_numpy(), groups, samples=400)
     assert [c.worse for c in checks] == [False, True]
 
 
