@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
@@ -68,3 +69,18 @@ def test_about_eleven_percent_positive_and_learnable():
     # and the signal is not trivially perfect
     assert auc <= 0.9, auc
     assert np.isfinite(X).all()
+
+
+def test_drift_shifts_age_admission_source_and_utilisation_only_when_asked():
+    from readmit_contract import synthetic
+    from readmit_contract.columns import AGE_BRACKETS
+
+    base = synthetic.generate(20_000, seed=8)
+    assert synthetic.generate(20_000, seed=8, drift=0.0).equals(base)
+    drifted = synthetic.generate(20_000, seed=8, drift=1.0)
+    assert drifted["age"].map(AGE_BRACKETS.index).mean() > base["age"].map(AGE_BRACKETS.index).mean() + 0.5
+    assert (drifted["admission_source_id"] == "7").mean() > (base["admission_source_id"] == "7").mean() + 0.2
+    assert drifted["number_inpatient"].astype(int).mean() > 1.5 * base["number_inpatient"].astype(int).mean()
+    assert list(drifted.columns) == list(base.columns)
+    with pytest.raises(ValueError):
+        synthetic.generate(10, drift=-0.1)

@@ -7,6 +7,11 @@ value a string, ``?`` for missing. Marginals follow the real data (age brackets,
 readmitted within 30 days, driven by a learnable signal (prior inpatient and
 emergency visits, discharge to care facilities, diabetes as primary diagnosis,
 medication changes, length of stay, age) plus a hidden patient frailty.
+
+``drift`` (0: the real marginals) shifts the population the way a hospital's intake changes: an older
+age mix, more admissions through the emergency room, more prior inpatient and emergency visits. The
+outcome keeps the same mechanism, so a model trained on undrifted data meets new patients, not new
+rules (monitoring's drift tests and ``make simulate`` use it).
 """
 
 from __future__ import annotations
@@ -124,11 +129,28 @@ def _intercept(z: np.ndarray, rate: float) -> float:
     return (lo + hi) / 2
 
 
-def generate(n: int, seed: int = 0, positive_rate: float = 0.11) -> pd.DataFrame:
-    """``n`` synthetic encounters as text, exactly the columns of ``diabetic_data.csv``."""
+def drifted_marginals(drift: float) -> dict[str, dict[str, float]]:
+    """``MARGINALS`` shifted by ``drift`` (0: unchanged): older patients, more emergency-room admissions."""
+    if drift == 0:
+        return MARGINALS
+    out = dict(MARGINALS)
+    out["age"] = {k: w * float(np.exp(drift * 0.5 * (i - 6))) for i, (k, w) in enumerate(MARGINALS["age"].items())}
+    source = dict(MARGINALS["admission_source_id"])
+    source["7"] *= 1 + 2 * drift
+    source["1"] *= max(0.05, 1 - 0.5 * drift)
+    out["admission_source_id"] = source
+    return out
+
+
+def generate(n: int, seed: int = 0, positive_rate: float = 0.11, drift: float = 0.0) -> pd.DataFrame:
+    """``n`` synthetic encounters as text, exactly the columns of ``diabetic_data.csv``; ``drift`` >= 0 shifts
+    the population (see the module's doc)."""
     if n < 1:
         raise ValueError("n must be at least 1")
+    if drift < 0:
+        raise ValueError("drift must be 0 or more")
     rng = np.random.default_rng(seed)
+    marginals = drifted_marginals(drift)
 
     # patients: each one at least once, the rest of the encounters to frail patients more often
     n_patients = max(1, int(round(n * 0.70)))
@@ -143,20 +165,20 @@ def generate(n: int, seed: int = 0, positive_rate: float = 0.11) -> pd.DataFrame
     col["patient_nbr"] = patient_ids[patient].astype(str)
     for name in ("race", "gender"):  # fixed per patient
         col[name] = _pick(rng, MARGINALS[name], n_patients)[patient]
-    age_index = np.searchsorted(AGE_BRACKETS, _pick(rng, MARGINALS["age"], n_patients))[patient]
+    age_index = np.searchsorted(AGE_BRACKETS, _pick(rng, marginals["age"], n_patients))[patient]
     age_index = np.minimum(age_index + (rng.random(n) < 0.1), len(AGE_BRACKETS) - 1)
     col["age"] = np.asarray(AGE_BRACKETS, dtype=object)[age_index]
     for name in ("weight", "admission_type_id", "discharge_disposition_id", "admission_source_id",
                  "payer_code", "medical_specialty", "num_procedures", "number_diagnoses", "max_glu_serum",
                  "A1Cresult", "time_in_hospital"):
-        col[name] = _pick(rng, MARGINALS[name], n)
+        col[name] = _pick(rng, marginals[name], n)
     stay = col["time_in_hospital"].astype(int)
     labs = np.where(rng.random(n) < 0.03, 1, np.clip(rng.normal(43, 19.7, n).round(), 1, 132)).astype(int)
     col["num_lab_procedures"] = labs.astype(str)
     col["num_medications"] = np.clip(rng.normal(8 + 2.0 * stay, 7), 1, 81).round().astype(int).astype(str)
     outpatient = rng.poisson(0.37 * f)
-    emergency = rng.poisson(0.20 * f)
-    inpatient = rng.poisson(0.64 * f)
+    emergency = rng.poisson(0.20 * f * (1 + drift))
+    inpatient = rng.poisson(0.64 * f * (1 + drift))
     col["number_outpatient"] = outpatient.astype(str)
     col["number_emergency"] = emergency.astype(str)
     col["number_inpatient"] = inpatient.astype(str)
