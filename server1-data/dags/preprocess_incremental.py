@@ -11,13 +11,17 @@ Cleans what the raw-load notebook put into **RawData**:
    and the source's unreadable lines), applies the contract's cleaning
    (hospice/expired excluded, `?` to NULL, target `readmitted_30d`) and writes the clean rows and a
    `batch_lineage` record in one transaction;
-3. `publish` — updates the `clean_encounters` Asset when anything new was cleaned, which triggers
+3. `score_on_arrival` — the current champion scores the newly cleaned train batches before any
+   retraining (performance on arrival: ROC-AUC, PR-AUC, Brier, observed vs predicted rate, recorded in
+   CleanData's `arrival_performance` and MLflow's `<experiment>-monitoring`); MLflow away or no champion
+   yet skips it with the reason, never blocking what follows (`monitor_drift` catches up);
+4. `publish` — updates the `clean_encounters` Asset when anything new was cleaned, which triggers
    `train_and_register`.
 
 Retries come from Airflow's `AIRFLOW__CORE__DEFAULT_TASK_RETRIES` / `..._RETRY_DELAY` (2 / 30 s in the
 cluster). Idempotent: with nothing new, nothing changes; a failed task (the database gone mid-batch
 included) leaves no partial batch and a re-run picks up exactly what is still pending.
-Stores: `RAW_DB_URL`, `CLEAN_DB_URL`.
+Stores: `RAW_DB_URL`, `CLEAN_DB_URL`; MLflow: `MLFLOW_TRACKING_URI`, `MODEL_NAME`, `MLFLOW_EXPERIMENT_NAME`.
 """
 
 from __future__ import annotations
@@ -65,8 +69,29 @@ def preprocess_incremental():
         print(lineage)
         return asdict(lineage)
 
+    @task
+    def score_on_arrival(lineages: list[dict]) -> list[dict]:
+        from readmit_data.arrival import score_on_arrival as score
+        from readmit_data.settings import DataSettings
+        from readmit_data.stores import make_engine
+
+        batches = [item["batch_id"] for item in lineages if item["rows_out"]]
+        if not batches:
+            return []
+        settings = DataSettings()
+        engine = make_engine(settings.clean_db_url)
+        try:
+            results = score(settings, engine, batches)
+        finally:
+            engine.dispose()
+        for result in results:
+            print(f"performance on arrival of {result.batch_id}: "
+                  + (result.skipped or f"ROC-AUC {result.roc_auc}, observed {result.observed_rate:.3f} vs "
+                                       f"predicted {result.predicted_rate:.3f} (champion v{result.model_version})"))
+        return [r.to_dict() for r in results]
+
     @task(outlets=[Asset(CLEAN_ENCOUNTERS_ASSET)])
-    def publish(lineages: list[dict]) -> dict:
+    def publish(lineages: list[dict], arrivals: list[dict]) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         lineages = list(lineages)
@@ -77,7 +102,8 @@ def preprocess_incremental():
         print(f"clean_encounters updated: {summary}")
         return summary
 
-    publish(preprocess_batch.expand(batch_id=find_pending_batches()))
+    lineages = preprocess_batch.expand(batch_id=find_pending_batches())
+    publish(lineages, score_on_arrival(lineages))
 
 
 preprocess_incremental()

@@ -15,6 +15,8 @@ CleanData (typed, cleaned by preprocess_incremental):
   batch_lineage    one row per cleaned batch: rows in / out / rejected / excluded, seconds
   patient_history  per clean encounter, what its patient's earlier encounters tell
                    (readmit_contract.history; refreshed for the patients of each cleaned batch)
+  arrival_performance  per cleaned batch and champion version, what the champion achieved on it
+                   before any retraining (readmit_data.arrival)
 
 Widths come from the contract: raw values hold ``RAW_MAX_LENGTH`` characters (the raw load rejects a
 longer field), clean text columns ``Column.max_length`` (validation rejects a longer value), so SQLite
@@ -156,6 +158,28 @@ patient_history = Table(
     Column("encounter_id", BigInteger, primary_key=True, autoincrement=False),
     Column("patient_nbr", BigInteger, nullable=False, index=True),
     *(Column(name, Float, nullable=False) for name in HISTORY_NAMES),
+)
+
+
+arrival_performance = Table(
+    "arrival_performance",
+    clean_metadata,
+    Column("batch_id", String(32), primary_key=True),
+    Column("model_name", String(191), primary_key=True),
+    Column("model_version", String(32), primary_key=True),
+    Column("split", String(16), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("positives", Integer, nullable=False),
+    Column("new_patient_rows", Integer, nullable=False),
+    Column("roc_auc", Float, nullable=True),
+    Column("roc_auc_new_patients", Float, nullable=True),
+    Column("pr_auc", Float, nullable=True),
+    Column("brier", Float, nullable=False),
+    Column("observed_rate", Float, nullable=False),
+    Column("predicted_rate", Float, nullable=False),
+    Column("champion_val_roc_auc", Float, nullable=True),
+    Column("scored_at", DateTime, nullable=False, index=True),
+    Column("mlflow_run_id", String(64), nullable=True),
 )
 
 
