@@ -84,3 +84,14 @@ def test_drift_shifts_age_admission_source_and_utilisation_only_when_asked():
     assert list(drifted.columns) == list(base.columns)
     with pytest.raises(ValueError):
         synthetic.generate(10, drift=-0.1)
+
+
+def test_drift_from_shifts_only_the_later_rows_and_keeps_the_ids():
+    from readmit_contract import synthetic
+
+    base = synthetic.generate(5000, seed=6)
+    later = synthetic.generate(5000, seed=6, drift=1.0, drift_from=0.6)
+    assert later.iloc[:3000].equals(base.iloc[:3000])
+    assert later["encounter_id"].equals(base["encounter_id"]) and later["patient_nbr"].equals(base["patient_nbr"])
+    assert later.iloc[3000:]["number_inpatient"].astype(int).mean() > 1.5 * base.iloc[3000:]["number_inpatient"].astype(
+        int).mean()

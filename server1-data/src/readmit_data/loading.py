@@ -113,21 +113,27 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 
 def read_source(source: str, cache_dir: str | Path = dataset.DEFAULT_CACHE_DIR) -> pd.DataFrame:
-    """Raw frame (text, read whole) from "download", "synthetic:ROWS[:SEED]" or a local path."""
+    """Raw frame (text, read whole) from "download", "synthetic:ROWS[:SEED[:DRIFT@FROM]]" or a local path."""
     if source.startswith("synthetic:"):
         return _synthetic(source)
     return dataset.load_raw(source, cache_dir=cache_dir)
 
 
 def _synthetic(source: str) -> pd.DataFrame:
+    """"synthetic:ROWS[:SEED[:DRIFT@FROM]]": e.g. "synthetic:30000:7:1.0@0.6", the rows from 60 % of the file on
+    drifted by 1.0 (``readmit_contract.synthetic``): later train batches bring a shifted population."""
     parts = source.split(":")
     rows, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
-    return synthetic.generate(rows, seed=seed)
+    drift, drift_from = 0.0, 0.0
+    if len(parts) > 3:
+        amount, _, start = parts[3].partition("@")
+        drift, drift_from = float(amount), float(start or 0)
+    return synthetic.generate(rows, seed=seed, drift=drift, drift_from=drift_from)
 
 
 def open_source(source: str, cache_dir: str | Path = dataset.DEFAULT_CACHE_DIR) -> RawSource:
     """The source to stream: "download" (the UCI archive, checksum-verified, cached), a local path, or
-    "synthetic:ROWS[:SEED]" (generated in memory)."""
+    "synthetic:ROWS[:SEED[:DRIFT@FROM]]" (generated in memory)."""
     if source.startswith("synthetic:"):
         return FrameSource(_synthetic(source), label=source)
     return reader.open_path(dataset.source_path(source, cache_dir), label=source)

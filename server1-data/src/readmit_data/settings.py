@@ -51,6 +51,14 @@ class DataSettings(BaseSettings):
     """Subgroups of the model card with fewer encounters are merged (and the card says so)."""
     model_card_bootstrap_samples: int = Field(500, ge=100, le=100_000, validation_alias="MODEL_CARD_BOOTSTRAP_SAMPLES")
     """Bootstrap samples of the model card's intervals (patients resampled)."""
+    drift_share_threshold: float = Field(0.05, gt=0.0, le=1.0, validation_alias="DRIFT_SHARE_THRESHOLD")
+    """monitor_drift asks for retraining when at least this share of the contract's features drifted (47
+    features: 0.05 is 3 of them)."""
+    drift_reference_rows: int = Field(20_000, ge=1000, validation_alias="DRIFT_REFERENCE_ROWS")
+    """At most this many of the champion's training rows (a seeded sample) are the drift reference."""
+    arrival_max_auc_drop: float = Field(0.05, gt=0.0, le=1.0, validation_alias="ARRIVAL_MAX_AUC_DROP")
+    """monitor_drift asks for retraining when the champion's ROC-AUC on a batch that arrived after it is below
+    its validation ROC-AUC by more than this."""
     mlflow_http_request_timeout: int = Field(30, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
     """Seconds MLflow's client waits for an answer (MLflow's own variable; its default, 120, is lifted here)."""
     mlflow_http_request_max_retries: int = Field(3, ge=0, le=10, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")

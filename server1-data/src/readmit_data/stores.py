@@ -17,6 +17,9 @@ CleanData (typed, cleaned by preprocess_incremental):
                    (readmit_contract.history; refreshed for the patients of each cleaned batch)
   arrival_performance  per cleaned batch and champion version, what the champion achieved on it
                    before any retraining (readmit_data.arrival)
+  drift_checks     one row per drift check (readmit_data.monitor): champion, rows compared, share of
+                   drifted features, whether it asked for retraining and why
+  feature_drift    per check and feature: Evidently's method, score, threshold, drifted
 
 Widths come from the contract: raw values hold ``RAW_MAX_LENGTH`` characters (the raw load rejects a
 longer field), clean text columns ``Column.max_length`` (validation rejects a longer value), so SQLite
@@ -180,6 +183,36 @@ arrival_performance = Table(
     Column("champion_val_roc_auc", Float, nullable=True),
     Column("scored_at", DateTime, nullable=False, index=True),
     Column("mlflow_run_id", String(64), nullable=True),
+)
+
+
+drift_checks = Table(
+    "drift_checks",
+    clean_metadata,
+    Column("check_id", Integer, primary_key=True, autoincrement=True),
+    Column("checked_at", DateTime, nullable=False, index=True),
+    Column("model_name", String(191), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("current_source", String(255), nullable=False),
+    Column("reference_rows", Integer, nullable=False),
+    Column("current_rows", Integer, nullable=False),
+    Column("features", Integer, nullable=False),
+    Column("drifted", Integer, nullable=False),
+    Column("share", Float, nullable=False),
+    Column("retrain", SmallInteger, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("mlflow_run_id", String(64), nullable=True),
+)
+
+feature_drift = Table(
+    "feature_drift",
+    clean_metadata,
+    Column("check_id", Integer, ForeignKey("drift_checks.check_id"), primary_key=True),
+    Column("feature", String(64), primary_key=True),
+    Column("method", String(64), nullable=False),
+    Column("score", Float, nullable=True),
+    Column("threshold", Float, nullable=False),
+    Column("drifted", SmallInteger, nullable=False),
 )
 
 

@@ -142,13 +142,21 @@ def drifted_marginals(drift: float) -> dict[str, dict[str, float]]:
     return out
 
 
-def generate(n: int, seed: int = 0, positive_rate: float = 0.11, drift: float = 0.0) -> pd.DataFrame:
+def generate(n: int, seed: int = 0, positive_rate: float = 0.11, drift: float = 0.0,
+             drift_from: float = 0.0) -> pd.DataFrame:
     """``n`` synthetic encounters as text, exactly the columns of ``diabetic_data.csv``; ``drift`` >= 0 shifts
-    the population (see the module's doc)."""
+    the population (see the module's doc) of the rows from ``drift_from`` (a share of the file, in file order,
+    which is time order) on: ``drift_from=0.6`` keeps the first 60 % as they were and shifts the later ones."""
     if n < 1:
         raise ValueError("n must be at least 1")
-    if drift < 0:
-        raise ValueError("drift must be 0 or more")
+    if drift < 0 or not 0.0 <= drift_from < 1.0:
+        raise ValueError("drift must be 0 or more, drift_from in [0, 1)")
+    if drift and drift_from:
+        # same seed: the same patients and encounter ids row for row (drawn before any shifted marginal)
+        cut = int(n * drift_from)
+        earlier = generate(n, seed, positive_rate).iloc[:cut]
+        later = generate(n, seed, positive_rate, drift).iloc[cut:]
+        return pd.concat([earlier, later], ignore_index=True)
     rng = np.random.default_rng(seed)
     marginals = drifted_marginals(drift)
 
