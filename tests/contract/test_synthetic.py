@@ -1,13 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import roc_auc_score
-
-from readmit_contract import EncounterFeatures, TARGET, clean, validate
+from readmit_contract import TARGET, EncounterFeatures, clean, validate
 from readmit_contract.columns import COLUMN_NAMES, ICD9_PATTERN, MISSING
 from readmit_contract.icd9 import diagnosis_group
 from readmit_contract.synthetic import generate
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score
 
 
 def test_exact_schema_as_text(synthetic_frame):
