@@ -21,7 +21,8 @@ Runs when `preprocess_incremental` updates the `clean_encounters` Asset (or by h
    completes the version an earlier attempt registered instead of creating another;
 4. `record_test_metrics` — the champion's test-set metrics, computed once.
 
-Params: `candidates` (default from `CANDIDATES`). Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`,
+Params: `candidates` (default from `CANDIDATES`), `reason` (why the run was started: `monitor_drift` gives it
+when drift or performance on arrival asks for retraining; tagged on every run as `trigger.reason`). Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`,
 `MLFLOW_EXPERIMENT_NAME`, `MODEL_NAME`, `MODEL_ALIAS`, `PROMOTION_MIN_DELTA`, `PROMOTION_CONFIDENCE`,
 `PROMOTION_BOOTSTRAP_SAMPLES`, `PROMOTION_MAX_SUBGROUP_AUC_DROP`, `PROMOTION_MAX_CALIBRATION_WORSENING`,
 `MODEL_CARD_MIN_GROUP_ROWS`, `MODEL_CARD_BOOTSTRAP_SAMPLES`, `MLFLOW_HTTP_REQUEST_TIMEOUT`, `MLFLOW_HTTP_REQUEST_MAX_RETRIES`,
@@ -47,6 +48,10 @@ from readmit_data.assets import CLEAN_ENCOUNTERS_ASSET
         "candidates": Param(
             None, type=["null", "array"], items={"type": "string"},
             description="Candidate names to train; null: the CANDIDATES setting.",
+        ),
+        "reason": Param(
+            None, type=["null", "string"],
+            description="Why this run was started (monitor_drift gives it); tagged on every run as trigger.reason.",
         ),
     },
     doc_md=__doc__,
@@ -89,10 +94,14 @@ def train_and_register():
 
         settings = DataSettings()
         context = get_current_context()
+        run_type = str(context["dag_run"].run_type).lower()
+        reason = context["params"].get("reason") or (
+            "new clean data (the clean_encounters Asset was updated)" if "asset" in run_type else "started by hand")
         engine = make_engine(settings.clean_db_url)
         try:
             result = train(settings, engine, candidate, Snapshot(**data),
-                           tags={"airflow.dag_run": context["run_id"], "airflow.dag": "train_and_register"})
+                           tags={"airflow.dag_run": context["run_id"], "airflow.dag": "train_and_register",
+                                 "trigger.reason": reason[:5000]})
         finally:
             engine.dispose()
         print(f"{candidate}: run {result.run_id}, validation {result.metrics}")

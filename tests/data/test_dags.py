@@ -27,7 +27,7 @@ from .conftest import BATCH_SIZE, SOURCE, add_refusal, drop_refusal
 from .test_notebook import _run as run_notebook
 
 pytestmark = pytest.mark.slow
-EXPECTED_DAGS = {"preprocess_incremental", "train_and_register"}
+EXPECTED_DAGS = {"preprocess_incremental", "train_and_register", "monitor_drift"}
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +57,9 @@ def test_dag_integrity(tmp_path):
     train = report["dags"]["train_and_register"]
     assert train["tasks"] == ["candidate_names", "record_test_metrics", "register_best", "snapshot", "train_candidate"]
     assert train["schedule"] == "AssetTriggeredTimetable"
+    monitor = report["dags"]["monitor_drift"]
+    assert monitor["tasks"] == ["catch_up_arrivals", "check", "retrain", "should_retrain"]
+    assert monitor["schedule"] == "AssetOrTimeSchedule"
 
 
 def _states(home: Path, run_index: int) -> dict[str, list[str]]:

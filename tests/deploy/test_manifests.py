@@ -433,7 +433,8 @@ def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
     assert set(data) <= set(data_aliases), set(data) - set(data_aliases)
     gate = {"PROMOTION_MIN_DELTA", "PROMOTION_CONFIDENCE", "PROMOTION_BOOTSTRAP_SAMPLES",
             "PROMOTION_MAX_SUBGROUP_AUC_DROP", "PROMOTION_MAX_CALIBRATION_WORSENING", "MODEL_CARD_MIN_GROUP_ROWS",
-            "MODEL_CARD_BOOTSTRAP_SAMPLES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"}
+            "MODEL_CARD_BOOTSTRAP_SAMPLES", "DRIFT_SHARE_THRESHOLD", "DRIFT_REFERENCE_ROWS", "ARRIVAL_MAX_AUC_DROP",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"}
     assert gate <= set(data)
     defaults = DataSettings.model_construct()
     for alias in gate:

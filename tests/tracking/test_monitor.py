@@ -90,3 +90,42 @@ def test_drift_of_the_batches_that_arrived_after_the_champion(sqlite_tracking, t
             engine.dispose()
         assert again.retrain and again.reasons == [
             r for r in again.reasons if r.startswith("performance on arrival: ")] and "train-9999" in again.reason
+
+
+def test_monitor_drift_runs_for_real_and_asks_for_retraining_once(sqlite_tracking, tmp_path, model_name):
+    """`airflow dags test monitor_drift` on shifted arrivals: the check advises retraining, train_and_register is
+    triggered with the reason in its conf; a second run on the same champion and batches does not trigger again."""
+    import json
+    import sqlite3
+
+    from ..airflow_support import clone_home, dags_test, migrate, task_states, unpause
+
+    url = cleaned_store(tmp_path / "stores", SHIFTED)
+    settings = settings_for(sqlite_tracking.uri, url, model_name)
+    _champion(settings, url)
+    template = tmp_path / "airflow-template"
+    migrate(template)
+    home = clone_home(template, tmp_path / "airflow")
+    env = {"CLEAN_DB_URL": url, "MLFLOW_TRACKING_URI": sqlite_tracking.uri, "MODEL_NAME": model_name,
+           "MLFLOW_EXPERIMENT_NAME": settings.experiment_name}
+    unpause(home, "train_and_register", env)
+    first = dags_test(home, "monitor_drift", env)
+    assert first.returncode == 0, first.stdout[-4000:]
+    states = {row["task_id"]: row["state"] for row in task_states(home, "monitor_drift")}
+    assert states == {"catch_up_arrivals": "success", "check": "success", "should_retrain": "success",
+                      "retrain": "success"}
+    with sqlite3.connect(home / "airflow.db") as db:
+        runs = db.execute("SELECT conf FROM dag_run WHERE dag_id = 'train_and_register'").fetchall()
+    assert len(runs) == 1
+    conf = runs[0][0] if isinstance(runs[0][0], dict) else json.loads(runs[0][0])
+    assert conf["reason"].startswith("data drift: ") and "number_inpatient" in conf["reason"]
+    checks = _table(url, drift_checks)
+    assert checks["triggered"].tolist() == [1]
+    assert len(_table(url, arrival_performance)) >= 1  # caught up with the batches that arrived after it
+
+    second = dags_test(home, "monitor_drift", env)
+    assert second.returncode == 0, second.stdout[-4000:]
+    states = [row for row in task_states(home, "monitor_drift") if row["task_id"] == "retrain"]
+    assert [row["state"] for row in states] == ["success", "skipped"]
+    with sqlite3.connect(home / "airflow.db") as db:
+        assert db.execute("SELECT count(*) FROM dag_run WHERE dag_id = 'train_and_register'").fetchone()[0] == 1

@@ -96,9 +96,13 @@ def check_drift(settings: DataSettings, clean_store: Engine) -> DriftCheck:
     source = "batches " + ",".join(arrived) if arrived else "none"
     current = read_split(clean_store, "train", arrived) if arrived else pd.DataFrame()
     if len(current) < MIN_ROWS:
-        return DriftCheck(version, source, retrain=bool(reasons), reasons=reasons,
-                          skipped=f"{len(current)} encounters arrived since the champion was trained: fewer than "
-                                  f"{MIN_ROWS}, drift is not measured")
+        check = DriftCheck(version, source, retrain=bool(reasons), reasons=reasons,
+                           skipped=f"{len(current)} encounters arrived since the champion was trained: fewer than "
+                                   f"{MIN_ROWS}, drift is not measured")
+        if reasons:  # recorded: retraining is advised all the same (and triggered once)
+            check.check_id = _record(settings, clean_store, check,
+                                     DriftResult(0.0, 0, [], reference_rows=0, current_rows=len(current)))
+        return check
     reference = read_split(clean_store, "train", trained_on)
     if len(reference) > settings.drift_reference_rows:
         reference = reference.sample(settings.drift_reference_rows, random_state=settings.random_seed)
@@ -113,6 +117,23 @@ def check_drift(settings: DataSettings, clean_store: Engine) -> DriftCheck:
     return check
 
 
+def already_triggered(settings: DataSettings, clean_store: Engine, version: str | None, source: str) -> bool:
+    """Whether a check of this champion on these arrived batches already triggered retraining."""
+    query = select(drift_checks.c.check_id).where(
+        drift_checks.c.model_name == settings.model_name, drift_checks.c.model_version == str(version),
+        drift_checks.c.current_source == source[:255], drift_checks.c.triggered == 1)
+    with clean_store.connect() as conn:
+        return conn.execute(query.limit(1)).first() is not None
+
+
+def mark_triggered(settings: DataSettings, clean_store: Engine, check_id: int | None) -> None:
+    """Record that the check ``check_id`` triggered retraining (no-op without a recorded check)."""
+    if check_id is None:
+        return
+    with clean_store.begin() as conn:
+        conn.execute(drift_checks.update().where(drift_checks.c.check_id == check_id).values(triggered=1))
+
+
 def _record(settings: DataSettings, clean_store: Engine, check: DriftCheck, result: DriftResult) -> int:
     with clean_store.begin() as conn:
         check_id = conn.execute(drift_checks.insert().values(
@@ -122,9 +143,10 @@ def _record(settings: DataSettings, clean_store: Engine, check: DriftCheck, resu
             share=result.share, retrain=int(check.retrain), reason=check.reason or None,
             mlflow_run_id=check.mlflow_run_id,
         )).inserted_primary_key[0]
-        conn.execute(feature_drift.insert(), [
-            {"check_id": check_id, "feature": f.feature, "method": f.method, "score": f.score,
-             "threshold": f.threshold, "drifted": int(f.drifted)} for f in result.features])
+        if result.features:
+            conn.execute(feature_drift.insert(), [
+                {"check_id": check_id, "feature": f.feature, "method": f.method, "score": f.score,
+                 "threshold": f.threshold, "drifted": int(f.drifted)} for f in result.features])
     return int(check_id)
 
 

@@ -201,6 +201,7 @@ drift_checks = Table(
     Column("share", Float, nullable=False),
     Column("retrain", SmallInteger, nullable=False),
     Column("reason", Text, nullable=True),
+    Column("triggered", SmallInteger, nullable=False, default=0),
     Column("mlflow_run_id", String(64), nullable=True),
 )
 

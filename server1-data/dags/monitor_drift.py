@@ -1,0 +1,110 @@
+"""
+### monitor_drift
+
+Watches the champion between trainings. Runs every 6 hours and after each update of the
+`clean_encounters` Asset:
+
+1. `catch_up_arrivals` — performance on arrival for the cleaned train batches the current champion has not
+   scored yet (those `preprocess_incremental` skipped while MLflow was away, or that arrived before this
+   champion was promoted);
+2. `check` — Evidently's data drift of the encounters that arrived after the champion against its training
+   rows, recorded in CleanData (`drift_checks`, `feature_drift`) and MLflow (`<experiment>-monitoring`,
+   with the HTML report), and whether to retrain: at least `DRIFT_SHARE_THRESHOLD` of the features
+   drifted, or performance on arrival below the champion's validation ROC-AUC by more than
+   `ARRIVAL_MAX_AUC_DROP`;
+3. `should_retrain` — on a scheduled run that advises retraining, once per champion and set of arrived
+   batches (an Asset-triggered run leaves it to `train_and_register`, which that Asset already starts);
+4. `retrain` — triggers `train_and_register` with the reason in its conf; its runs carry it as the tag
+   `trigger.reason`.
+
+Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`, `MODEL_NAME`, `MLFLOW_EXPERIMENT_NAME`, `DRIFT_SHARE_THRESHOLD`,
+`DRIFT_REFERENCE_ROWS`, `ARRIVAL_MAX_AUC_DROP`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Asset, AssetOrTimeSchedule, dag, get_current_context, task
+from airflow.timetables.trigger import CronTriggerTimetable
+from readmit_data.assets import CLEAN_ENCOUNTERS_ASSET
+
+
+@dag(
+    dag_id="monitor_drift",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 */6 * * *", timezone="UTC"),
+                                 assets=[Asset(CLEAN_ENCOUNTERS_ASSET)]),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["readmission", "monitoring"],
+    doc_md=__doc__,
+)
+def monitor_drift():
+    @task
+    def catch_up_arrivals() -> list[dict]:
+        from readmit_data.arrival import score_on_arrival
+        from readmit_data.settings import DataSettings
+        from readmit_data.stores import make_engine
+
+        settings = DataSettings()
+        engine = make_engine(settings.clean_db_url)
+        try:
+            results = score_on_arrival(settings, engine)
+        finally:
+            engine.dispose()
+        for result in results:
+            if result.skipped is None:
+                print(f"performance on arrival of {result.batch_id}: ROC-AUC {result.roc_auc} (v{result.model_version})")
+        return [r.to_dict() for r in results]
+
+    @task(retries=2, retry_delay=timedelta(minutes=1))
+    def check(arrivals: list[dict]) -> dict:
+        from readmit_data.monitor import check_drift
+        from readmit_data.settings import DataSettings
+        from readmit_data.stores import make_engine
+
+        settings = DataSettings()
+        engine = make_engine(settings.clean_db_url)
+        try:
+            result = check_drift(settings, engine)
+        finally:
+            engine.dispose()
+        print(result.skipped or f"drift: share {result.share:.2f}, drifted {result.drifted_features or 'none'}")
+        print(f"retrain: {result.retrain} {result.reason}")
+        return result.to_dict()
+
+    @task.short_circuit
+    def should_retrain(result: dict) -> bool:
+        from readmit_data.monitor import already_triggered, mark_triggered
+        from readmit_data.settings import DataSettings
+        from readmit_data.stores import make_engine
+
+        run_type = str(get_current_context()["dag_run"].run_type)
+        if not result["retrain"]:
+            return False
+        if "asset" in run_type.lower():
+            print("new clean data: train_and_register is started by the same Asset; not triggered again")
+            return False
+        settings = DataSettings()
+        engine = make_engine(settings.clean_db_url)
+        try:
+            if already_triggered(settings, engine, result["model_version"], result["current_source"]):
+                print("retraining was already asked for this champion and these batches")
+                return False
+            mark_triggered(settings, engine, result["check_id"])
+        finally:
+            engine.dispose()
+        return True
+
+    decision = check(catch_up_arrivals())
+    retrain = TriggerDagRunOperator(
+        task_id="retrain", trigger_dag_id="train_and_register",
+        conf={"reason": "{{ ti.xcom_pull(task_ids='check')['reason'] }}"},
+        wait_for_completion=False,
+    )
+    should_retrain(decision) >> retrain
+
+
+monitor_drift()
