@@ -56,7 +56,8 @@ def monitor_drift():
             engine.dispose()
         for result in results:
             if result.skipped is None:
-                print(f"performance on arrival of {result.batch_id}: ROC-AUC {result.roc_auc} (v{result.model_version})")
+                print(f"performance on arrival of {result.batch_id}: ROC-AUC {result.roc_auc} "
+                      f"(v{result.model_version})")
         return [r.to_dict() for r in results]
 
     @task(retries=2, retry_delay=timedelta(minutes=1))

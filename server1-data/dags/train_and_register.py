@@ -22,11 +22,12 @@ Runs when `preprocess_incremental` updates the `clean_encounters` Asset (or by h
 4. `record_test_metrics` — the champion's test-set metrics, computed once.
 
 Params: `candidates` (default from `CANDIDATES`), `reason` (why the run was started: `monitor_drift` gives it
-when drift or performance on arrival asks for retraining; tagged on every run as `trigger.reason`). Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`,
-`MLFLOW_EXPERIMENT_NAME`, `MODEL_NAME`, `MODEL_ALIAS`, `PROMOTION_MIN_DELTA`, `PROMOTION_CONFIDENCE`,
-`PROMOTION_BOOTSTRAP_SAMPLES`, `PROMOTION_MAX_SUBGROUP_AUC_DROP`, `PROMOTION_MAX_CALIBRATION_WORSENING`,
-`MODEL_CARD_MIN_GROUP_ROWS`, `MODEL_CARD_BOOTSTRAP_SAMPLES`, `MLFLOW_HTTP_REQUEST_TIMEOUT`, `MLFLOW_HTTP_REQUEST_MAX_RETRIES`,
-`MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`.
+when drift or performance on arrival asks for retraining; tagged on every run as `trigger.reason`).
+
+Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_NAME`, `MODEL_NAME`, `MODEL_ALIAS`,
+`PROMOTION_MIN_DELTA`, `PROMOTION_CONFIDENCE`, `PROMOTION_BOOTSTRAP_SAMPLES`, `PROMOTION_MAX_SUBGROUP_AUC_DROP`,
+`PROMOTION_MAX_CALIBRATION_WORSENING`, `MODEL_CARD_MIN_GROUP_ROWS`, `MODEL_CARD_BOOTSTRAP_SAMPLES`,
+`MLFLOW_HTTP_REQUEST_TIMEOUT`, `MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`.
 """
 
 from __future__ import annotations
