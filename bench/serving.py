@@ -2,7 +2,8 @@
 
 Same model (the champion trained by the platform's own path, on the real file when present,
 else synthetic data), same machine, same load: wrk, 8 connections, one encounter per request.
-Prints req/s, p50 and p99 latency of each and the ratios; then batch rows/s of POST /predict/batch.
+Prints req/s, p50 and p99 latency of each and the ratios, this API's /predict with and without
+?explain=true (the explanation of the risk, 10 factors) among them; then batch rows/s of POST /predict/batch.
 
     python bench/serving.py [--seconds 15] [--connections 8]
 """
@@ -30,6 +31,8 @@ sys.path.insert(0, str(REPO))
 from tests.support import free_port, mlflow_server, started  # noqa: E402
 
 MODEL = "diabetes-readmission-bench"
+EXPLAINED = "  ?explain=true"
+"""The row of POST /predict?explain=true (this API, the same model)."""
 
 
 def train_champion(root: Path, tracking_uri: str) -> list[dict]:
@@ -104,9 +107,13 @@ def main() -> None:
                  started([*uvicorn, "--port", str(noop), "--app-dir", str(REPO / "bench"), "noop_app:app"], env,
                          root / "noop.log", ready_url=None):
                 time.sleep(2)
+                explained = httpx.post(f"http://127.0.0.1:{api}/predict?explain=true", json=encounter, headers=auth,
+                                       timeout=30).json()
+                assert explained["explanation"]["factors"], explained  # the model served can be explained
                 targets = {
                     "no-op FastAPI": (f"http://127.0.0.1:{noop}/predict", encounter, {}),
                     "this API /predict": (f"http://127.0.0.1:{api}/predict", encounter, auth),
+                    EXPLAINED: (f"http://127.0.0.1:{api}/predict?explain=true", encounter, auth),
                     "mlflow models serve": (f"http://127.0.0.1:{mlf}/invocations", {"dataframe_records": [encounter]},
                                             {}),
                 }
@@ -135,6 +142,9 @@ def main() -> None:
         print(f"{name:22} {r['rps']:9,.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['non2xx']:8d}")
     ours, floor, mlflow_rps = (results[k]["rps"] for k in ("this API /predict", "no-op FastAPI", "mlflow models serve"))
     print(f"this API / mlflow models serve: {ours / mlflow_rps:.1f}x   this API / no-op floor: {ours / floor:.2f}")
+    plain, why = results["this API /predict"], results[EXPLAINED]
+    print(f"/predict?explain=true vs /predict (same run, same model): req/s x{why['rps'] / plain['rps']:.2f}, "
+          f"p50 x{why['p50_ms'] / plain['p50_ms']:.1f}, p99 x{why['p99_ms'] / plain['p99_ms']:.1f}")
     print(f"batch: POST /predict/batch of 1000 encounters: {batch_rps:,.0f} rows/s")
     print(f"model calls: {calls:,.0f}, mean encounters per call {scored / calls:.1f} (micro-batching + batch endpoint)")
 

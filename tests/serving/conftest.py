@@ -107,3 +107,60 @@ def http(api):
     """An httpx client of the shared API that sends the "tests" caller's key."""
     with httpx.Client(base_url=api, headers=AUTH, timeout=30) as client:
         yield client
+
+
+# -- a model the contract cannot explain, registered without a model card ------------------------------------
+
+def log_and_register(tracking_uri: str, name: str, pipeline) -> str:
+    """Log ``pipeline`` (skops) in a run of its own, register it and record its checksum as training does (tag
+    ``artifact_sha256``): a version the API serves, whose run holds no model card."""
+    import tempfile
+
+    import mlflow
+    import skops.io
+    from mlflow import MlflowClient
+    from readmit_contract.artifact import DIGEST_TAG, artifact_digest
+
+    mlflow.set_tracking_uri(tracking_uri)  # models:/ URIs resolve through the process-wide registry URI
+    mlflow.set_experiment(name)
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(pipeline, name="model", serialization_format="skops",
+                                        skops_trusted_types=trusted, pip_requirements=["scikit-learn"])
+    version = str(mlflow.register_model(info.model_uri, name).version)
+    with tempfile.TemporaryDirectory() as tmp:
+        digest = artifact_digest(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
+    MlflowClient(tracking_uri).set_model_version_tag(name, version, DIGEST_TAG, digest)
+    return version
+
+
+@dataclass(frozen=True)
+class Unexplainable:
+    url: str
+    model_name: str
+    version: str
+
+
+@pytest.fixture(scope="session")
+def unexplainable(sqlite_tracking, synthetic_frame, tmp_path_factory) -> Unexplainable:
+    """An API serving a model the contract cannot explain (a forest calibrated by isotonic regression, made with
+    the contract's transform), registered from a run without a model card."""
+    from mlflow import MlflowClient
+    from readmit_contract import TARGET, EncounterFeatures, clean
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    from ..support import wait_http
+
+    rows = clean(validate(synthetic_frame).valid).clean
+    forest = CalibratedClassifierCV(RandomForestClassifier(n_estimators=10, max_depth=6, random_state=0),
+                                    method="isotonic", cv=2)
+    pipeline = Pipeline([("features", EncounterFeatures()), ("model", forest)]).fit(rows, rows[TARGET])
+    name = "readmission-unexplainable"
+    version = log_and_register(sqlite_tracking.uri, name, pipeline)
+    MlflowClient(sqlite_tracking.uri).set_registered_model_alias(name, "champion", version)
+    url, process = api_process(tmp_path_factory.mktemp("api-unexplainable"), sqlite_tracking.uri, name)
+    with process:
+        wait_http(f"{url}/ready", timeout=120)
+        yield Unexplainable(url, name, version)

@@ -4,7 +4,9 @@ for the page: what happened and what to do, never a host, a path or a library's 
 ``ApiUnavailable``: the API cannot answer (unreachable, no model yet, server error);
 ``ApiBusy`` (an ``ApiUnavailable``): the API shed the request to keep its latency bounded;
 ``ApiRefused`` (an ``ApiUnavailable``): the API refused the UI's key (401/403);
-``ApiRejected``: the API refused the input (422), with one message per field.
+``ApiRejected``: the API refused the input (422), with one message per field;
+``NotExplainable`` (an ``ApiUnavailable``): asked for an explanation, the API said its model cannot be explained (409);
+``CardUnavailable``: the API has no model card to show for its model (404 on ``/model/card``).
 
 The API answers 503 for two reasons: no model loaded yet (a body without ``reason``), or at capacity
 (a *shed* request: ``Retry-After`` and a body ``{"detail", "reason", "retry_after_ms"}``, never scored).
@@ -33,6 +35,8 @@ REFUSED = "The UI's API key was refused: ask the administrator."
 UNEXPECTED = "The prediction service gave an unexpected answer. Try again; if it persists, ask the administrator."
 REJECTED = "These fields are not valid:"
 BUSY = "The prediction service is busy right now. Try again in a moment."
+NOT_EXPLAINABLE = "This model version cannot explain its predictions: the risk is shown without its reasons."
+NO_CARD = "No model card is available for the model being served."
 
 BUSY_RETRIES = 3
 """Times a shed prediction request is sent again before the page says the service is busy."""
@@ -56,6 +60,14 @@ class ApiUnavailable(Exception):
 
 class ApiRefused(ApiUnavailable):
     """The API refused the UI's API key."""
+
+
+class NotExplainable(ApiUnavailable):
+    """The API's model cannot explain its predictions (409 to explain=true): ask without explain."""
+
+
+class CardUnavailable(Exception):
+    """The API has no model card to show for the model it serves (404 on /model/card)."""
 
 
 class ApiBusy(ApiUnavailable):
@@ -131,6 +143,8 @@ def json_answer(response: httpx.Response) -> Any:
         raise ApiRejected(field_errors(body.get("detail") if isinstance(body, dict) else None))
     if response.status_code in (401, 403):
         raise ApiRefused(REFUSED)
+    if response.status_code == 409:
+        raise NotExplainable(NOT_EXPLAINABLE)
     if response.status_code == 503:
         raise shed(response) or ApiUnavailable(NO_MODEL)
     if not response.is_success:
@@ -206,12 +220,20 @@ class ApiClient:
         """GET /model: the model served and its metrics."""
         return self._json(self._request("GET", "/model"))
 
-    def _prediction(self, path: str, body: dict[str, Any]) -> Any:
+    def model_card(self) -> dict[str, Any]:
+        """GET /model/card: the served version's model card (``CardUnavailable`` when it has none to show)."""
+        response = self._request("GET", "/model/card")
+        if response.status_code == 404:
+            log.info("GET /model/card: 404 (%s)", self._body(response))
+            raise CardUnavailable(NO_CARD)
+        return self._json(response)
+
+    def _prediction(self, path: str, body: dict[str, Any], params: dict[str, str] | None = None) -> Any:
         """POST a prediction request, sent again while the API sheds it (``ApiBusy`` once retries run out)."""
         retries = 0
         while True:
             try:
-                return self._json(self._request("POST", path, json=body))
+                return self._json(self._request("POST", path, json=body, params=params))
             except ApiBusy as exc:
                 if retries >= self.busy_retries:
                     log.warning("POST %s shed (%s) %d time(s): giving up", path, exc.reason, retries + 1)
@@ -221,9 +243,11 @@ class ApiClient:
                 log.info("POST %s shed (%s): sending it again in %.2f s", path, exc.reason, wait)
                 self._sleep(wait)
 
-    def predict(self, encounter: dict[str, Any]) -> dict[str, Any]:
-        """POST /predict: one encounter (contract names) -> its prediction."""
-        return self._prediction("/predict", encounter)
+    def predict(self, encounter: dict[str, Any], explain_top: int | None = None) -> dict[str, Any]:
+        """POST /predict: one encounter (contract names) -> its prediction; with ``explain_top``, explained by that
+        many factors (``explanation``; ``NotExplainable`` when the model cannot be explained)."""
+        params = None if explain_top is None else {"explain": "true", "explain_top": str(explain_top)}
+        return self._prediction("/predict", encounter, params)
 
     def predict_batch(self, encounters: list[dict[str, Any]]) -> dict[str, Any]:
         """POST /predict/batch: encounters (at most the API's MAX_BATCH_SIZE) -> predictions in order."""

@@ -1,4 +1,5 @@
-"""The Streamlit page: a login first, then API status in the sidebar, a one-encounter form, a CSV batch tab.
+"""The Streamlit page: a login first, then API status in the sidebar, a one-encounter form (with why the model gave
+its risk), a CSV batch tab and the model card.
 
 Nothing the page shows comes from an exception's text: the API client's failures carry messages
 written for the page, and anything unexpected becomes ``PAGE_FAILED`` (details in the UI's log).
@@ -22,7 +23,9 @@ from readmit_contract.columns import Column
 
 from . import form, login
 from .batch import BatchResult, score_parsed
-from .client import REJECTED, ApiClient, ApiRejected, ApiUnavailable, FieldError, Readiness
+from .card import model_card_tab
+from .client import REJECTED, ApiClient, ApiRejected, ApiUnavailable, FieldError, NotExplainable, Readiness
+from .explanation import WHY_FACTORS, show_explanation
 from .settings import UISettings
 from .upload import MIB, UploadRefused, read_upload, size_refusal
 
@@ -42,6 +45,8 @@ class Outcome:
     down: str | None = None
     refused: str | None = None
     """Why an uploaded file cannot be scored at all (a sentence from ``upload``)."""
+    note: str | None = None
+    """Why a prediction comes without its explanation (the model cannot be explained)."""
 
 
 def main() -> None:
@@ -71,36 +76,39 @@ def page(settings: UISettings) -> None:
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     with ApiClient(settings.base_url, api_key, settings.api_timeout_seconds) as client:
         readiness = client.readiness()
-        problem = sidebar(client, readiness)
+        problem, model = sidebar(client, readiness)
         st.title("30-day readmission risk")
         st.caption("Risk that a diabetic patient's hospital encounter is followed by a readmission within 30 days.")
         if not readiness.ready:
             st.error(readiness.error)
         elif problem:
             st.error(problem)
-        one, many = st.tabs(["One encounter", "Many encounters (CSV)"])
+        one, many, card = st.tabs(["One encounter", "Many encounters (CSV)", "Model card"])
         with one:
             single_encounter(client)
         with many:
             many_encounters(client, settings.api_batch_size, upload_limit_mb(settings))
+        with card:
+            model_card_tab(client, model)
 
 
 # -- sidebar ---------------------------------------------------------------------------------------
 
-def sidebar(client: ApiClient, readiness: Readiness) -> str | None:
-    """The service's state and model; a message for the page when the model cannot be read."""
+def sidebar(client: ApiClient, readiness: Readiness) -> tuple[str | None, dict[str, Any] | None]:
+    """The service's state and model; a message for the page when the model cannot be read, and the model
+    (``/model``'s answer) when it can."""
     with st.sidebar:
         st.header("Prediction service")
         if not readiness.ready:
             (st.warning if readiness.reachable else st.error)(
                 "Up, no model yet" if readiness.reachable else "Down (unreachable)")
-            return None
+            return None, None
         st.success("Ready")
         try:
             model = client.model()
         except (ApiUnavailable, ApiRejected) as exc:
             st.warning(str(exc))
-            return str(exc)
+            return str(exc), None
         metrics = model.get("metrics", {})
         auc = metrics.get("val_roc_auc")
         loaded = datetime.fromtimestamp(model["loaded_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -113,7 +121,7 @@ def sidebar(client: ApiClient, readiness: Readiness) -> str | None:
         )
         with st.expander("All metrics"):
             st.dataframe(pd.Series(metrics, name="value").sort_index(), width="stretch")
-    return None
+    return None, model
 
 
 # -- one encounter -----------------------------------------------------------------------------------
@@ -142,7 +150,7 @@ def show_field_errors(title: str, errors: list[FieldError]) -> None:
     st.error(title + "\n" + "\n".join(f"- **{e.field}**: {e.message}" for e in errors))
 
 
-def show_prediction(prediction: dict[str, Any]) -> None:
+def show_prediction(prediction: dict[str, Any], note: str | None = None) -> None:
     if not prediction["scored"]:
         st.info(f"Not scored: {prediction['reason']}")
     else:
@@ -151,6 +159,19 @@ def show_prediction(prediction: dict[str, Any]) -> None:
         band = prediction["risk_band"]
         right.markdown(f"**Risk band**\n\n:{BAND_COLOURS.get(band, 'gray')}-badge[{band}]")
     st.caption(f"Model {prediction['model_name']} version {prediction['model_version']}")
+    if prediction.get("explanation"):
+        show_explanation(prediction["explanation"])
+    elif note and prediction["scored"]:
+        st.info(note)
+
+
+def predict_explained(client: ApiClient, encounter: dict[str, Any]) -> Outcome:
+    """The encounter's prediction with its explanation; without it (and saying why) when the model cannot be
+    explained."""
+    try:
+        return Outcome(result=client.predict(encounter, explain_top=WHY_FACTORS))
+    except NotExplainable as exc:
+        return Outcome(result=client.predict(encounter), note=str(exc))
 
 
 def single_encounter(client: ApiClient) -> None:
@@ -174,7 +195,7 @@ def single_encounter(client: ApiClient) -> None:
         outcome = Outcome(errors=errors)
         if not errors:
             try:
-                outcome.result = client.predict(encounter)
+                outcome = predict_explained(client, encounter)
             except ApiRejected as exc:
                 outcome.errors = exc.errors
             except ApiUnavailable as exc:
@@ -189,7 +210,7 @@ def single_encounter(client: ApiClient) -> None:
     elif outcome.errors:
         show_field_errors(REJECTED, outcome.errors)
     else:
-        show_prediction(outcome.result)
+        show_prediction(outcome.result, outcome.note)
 
 
 # -- many encounters ---------------------------------------------------------------------------------

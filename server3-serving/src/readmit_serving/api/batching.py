@@ -13,6 +13,11 @@
   (recursively), so every other request gets its answer and only the failing record's request gets
   ``RecordFailed``; so does a record whose probability is not finite (it must never reach the JSON encoder).
   A batch request owns all its records: a failure in one of its slices fails that request only.
+- Explanations (``explain``): a single request asking why is queued apart; after each micro-batch of singles
+  the worker takes one, and scores and explains its record in one call on the model current at that moment
+  (the explanation is of the model that gave the probability, and must give the same probability within
+  ``explanations.PROBABILITY_TOLERANCE``). It waits like a single (deadline, in-flight limit of ``/predict``);
+  singles still go first, so an explanation (a few ms) delays them by at most one call.
 - The worker's current call is timed (``running_for``): /health reports a worker stuck on one call.
 """
 
@@ -28,10 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from readmit_contract.explanation import Explanation
 from threadpoolctl import threadpool_limits
 
 from . import metrics
 from .admission import Overloaded
+from .explanations import PROBABILITY_TOLERANCE, finite
 from .model import LoadedModel, ModelHolder
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,18 @@ class RecordFailed(RuntimeError):
     """The model could not score this request's encounter(s) (the cause is chained; never shown to callers)."""
 
 
+class NotExplainable(RuntimeError):
+    """The model served has no explainer (``version``: its version)."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(f"version {version} cannot be explained")
+        self.version = version
+
+
+class _ExplanationFailed(RuntimeError):
+    """The explainer (not the model) raised on a record."""
+
+
 def score(model: LoadedModel, records: list[dict[str, Any]]) -> np.ndarray:
     """One model call, timed: one float per record (anything else raises)."""
     started = time.perf_counter()
@@ -54,6 +73,19 @@ def score(model: LoadedModel, records: list[dict[str, Any]]) -> np.ndarray:
     if probabilities.shape != (len(records),):
         raise ValueError(f"the model gave {probabilities.shape} results for {len(records)} encounters")
     return probabilities
+
+
+def score_and_explain(model: LoadedModel, record: dict[str, Any]) -> tuple[float, Explanation]:
+    """One model call on one record and its explanation by the same model (``_ExplanationFailed`` when only the
+    explainer raised)."""
+    (probability,) = score(model, [record]).tolist()
+    started = time.perf_counter()
+    try:
+        (explanation,) = model.explainer.explain([record])
+    except Exception as exc:
+        raise _ExplanationFailed(f"{type(exc).__name__} from the explainer") from exc
+    metrics.EXPLANATION_DURATION.observe(time.perf_counter() - started)
+    return probability, explanation
 
 
 @dataclass(eq=False)
@@ -87,14 +119,17 @@ class InferenceScheduler:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference",
                                            initializer=threadpool_limits, initargs=(1,))
         self._singles: deque[_Single] = deque()
+        self._explains: deque[_Single] = deque()
         self._batches: deque[_Batch] = deque()
         self._batch_rows = 0
         self._draining = False
         self._call_started: float | None = None
         self._queued_single = metrics.QUEUED_ROWS.labels(kind="single")
         self._queued_batch = metrics.QUEUED_ROWS.labels(kind="batch")
+        self._queued_explain = metrics.QUEUED_ROWS.labels(kind="explain")
         self._queued_single.set(0)
         self._queued_batch.set(0)
+        self._queued_explain.set(0)
 
     # -- requests ------------------------------------------------------------------------------------
 
@@ -107,6 +142,22 @@ class InferenceScheduler:
         future = asyncio.get_running_loop().create_future()
         self._singles.append(_Single(record, future, deadline))
         self._queued_single.set(len(self._singles))
+        self._wake()
+        return await future
+
+    async def explain(self, record: dict[str, Any], deadline: float) -> tuple[float, Explanation, LoadedModel]:
+        """The probability of one encounter, its explanation and the model that gave both (``NotExplainable``
+        when the model current when its turn comes has no explainer)."""
+        model = self.holder.current
+        if model is None:
+            raise NoModelError("no model loaded yet")
+        if model.explainer is None:
+            raise NotExplainable(model.version)
+        if time.monotonic() > deadline:
+            raise Overloaded("deadline")
+        future = asyncio.get_running_loop().create_future()
+        self._explains.append(_Single(record, future, deadline))
+        self._queued_explain.set(len(self._explains))
         self._wake()
         return await future
 
@@ -144,9 +195,9 @@ class InferenceScheduler:
 
     async def _drain(self) -> None:
         try:
-            while self._singles or self._batches:
-                # singles first, then one slice of the oldest batch: a single waits for at most one slice,
-                # and a batch still advances under a steady stream of singles
+            while self._singles or self._explains or self._batches:
+                # singles first, then one explanation, then one slice of the oldest batch: a single waits for at
+                # most one explanation and one slice, and the others still advance under a steady stream of singles
                 if self._singles:
                     items = self._take_singles()
                     model = self.holder.current
@@ -155,32 +206,76 @@ class InferenceScheduler:
                     else:  # never once a model is in (the holder only swaps), but no request may hang
                         for item in items:
                             item.future.set_exception(NoModelError("no model loaded"))
+                if self._explains:
+                    await self._explain_next()
                 if self._batches:
                     await self._score_slice(self._batches[0])
         finally:
             self._draining = False
 
-    async def _call(self, model: LoadedModel, records: list[dict[str, Any]]) -> np.ndarray:
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the inference thread, timed for /health."""
         self._call_started = time.monotonic()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, score, model, records)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         finally:
             self._call_started = None
 
-    def _take_singles(self) -> list[_Single]:
-        """Up to ``max_rows`` queued singles still awaited and within their deadline; the late ones refused."""
+    async def _call(self, model: LoadedModel, records: list[dict[str, Any]]) -> np.ndarray:
+        return await self._run(score, model, records)
+
+    @staticmethod
+    def _take(queue: deque[_Single], most: int) -> list[_Single]:
+        """Up to ``most`` queued requests still awaited and within their deadline; the late ones refused."""
         now = time.monotonic()
         items: list[_Single] = []
-        while self._singles and len(items) < self.max_rows:
-            item = self._singles.popleft()
+        while queue and len(items) < most:
+            item = queue.popleft()
             if item.future.done():  # the caller went away
                 continue
             if now > item.deadline:
                 item.future.set_exception(Overloaded("deadline"))
                 continue
             items.append(item)
+        return items
+
+    def _take_singles(self) -> list[_Single]:
+        items = self._take(self._singles, self.max_rows)
         self._queued_single.set(len(self._singles))
         return items
+
+    async def _explain_next(self) -> None:
+        """Score and explain the oldest queued explain request still awaited, on the current model."""
+        items = self._take(self._explains, 1)
+        self._queued_explain.set(len(self._explains))
+        if not items:
+            return
+        (item,) = items
+        model = self.holder.current
+        if model is None:  # never once a model is in
+            item.future.set_exception(NoModelError("no model loaded"))
+            return
+        if model.explainer is None:  # swapped for a version without an explainer while it waited
+            item.future.set_exception(NotExplainable(model.version))
+            return
+        try:
+            probability, explanation = await self._run(score_and_explain, model, item.record)
+        except _ExplanationFailed as exc:
+            self._fail(item.future, "explanation", exc.__cause__)
+            return
+        except Exception as exc:  # noqa: BLE001 - the model failed on the record: its request alone fails
+            self._fail(item.future, "exception", exc)
+            return
+        if not (math.isfinite(probability) and finite(explanation)):
+            self._fail(item.future, "non_finite")
+            return
+        if not abs(explanation.probability - probability) <= PROBABILITY_TOLERANCE:
+            log.warning("an explanation of v%s gives %.9f, the model %.9f: not answered", model.version,
+                        explanation.probability, probability)
+            self._fail(item.future, "explanation")
+            return
+        if not item.future.done():
+            item.future.set_result((probability, explanation, model))
 
     async def _score_singles(self, model: LoadedModel, items: list[_Single]) -> None:
         if not items:
@@ -245,7 +340,9 @@ class InferenceScheduler:
         metrics.RECORD_FAILURES.labels(reason=reason).inc()
         if future.done():
             return
-        what = "raised an exception" if reason == "exception" else "gave a probability that is not a finite number"
+        what = {"exception": "raised an exception",
+                "explanation": "could not be explained (its explainer failed or disagreed with it)",
+                }.get(reason, "gave a probability that is not a finite number")
         error = RecordFailed(f"the model {what} on {where}")
         error.__cause__ = cause
         future.set_exception(error)

@@ -53,13 +53,18 @@ for _route in SHED_ROUTES:
 RECORD_FAILURES = Counter(
     "readmit_api_record_failures_total",
     "Encounters the model failed on (their own request answered 500, the others of the call answered), by "
-    "reason: exception, non_finite (a probability that is not a finite number)",
+    "reason: exception, non_finite (a probability that is not a finite number), explanation (explain=true: the "
+    "explainer raised, or its probability differed from the model's)",
     ["reason"],
 )
-for _reason in ("exception", "non_finite"):
+for _reason in ("exception", "non_finite", "explanation"):
     RECORD_FAILURES.labels(reason=_reason)
-QUEUED_ROWS = Gauge("readmit_api_inference_queued_rows", "Encounters waiting for the inference worker, by kind",
-                    ["kind"])
+EXPLANATION_DURATION = Histogram(
+    "readmit_api_explanation_duration_seconds",
+    "Duration of explaining one encounter (POST /predict?explain=true; after its model call)", buckets=LATENCY_BUCKETS,
+)
+QUEUED_ROWS = Gauge("readmit_api_inference_queued_rows",
+                    "Encounters waiting for the inference worker, by kind (single, explain, batch)", ["kind"])
 
 HISTORY_LOOKUPS = Counter(
     "readmit_api_history_lookups_total",

@@ -7,11 +7,16 @@ Once loaded it must pass a smoke test before it may serve: score the contract's 
 (one row, and a batch, the two paths of ``LoadedModel.predict``) with finite probabilities in [0, 1].
 A verified artifact that cannot be deserialised (``unloadable``) or a model that fails the smoke test
 (``predict_failed``) is refused like a tampered one: ``ArtifactRefused`` with one of ``SERVING_REFUSAL_CODES``.
-A download that fails (MLflow or the artifact store away) is not a refusal: it raises as it came."""
+A download that fails (MLflow or the artifact store away) is not a refusal: it raises as it came.
+
+A version that passed is given what serves its explanations and its model card, neither of which can refuse it:
+its explainer (``explanations.build_explainer``: None when it cannot be explained) and its card
+(``model_card.load_card``: the card, or why there is none to serve)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import tempfile
 import time
@@ -27,7 +32,11 @@ from readmit_contract.target import excluded_reason, is_scorable
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from .explanations import build_explainer, check_records
 from .fast_trees import StackedTrees
+from .model_card import MISSING, CardState, load_card
+
+log = logging.getLogger(__name__)
 
 RISK_BANDS = ("low", "medium", "high")
 SERVING_REFUSAL_CODES: tuple[str, ...] = ("unloadable", "predict_failed")
@@ -54,12 +63,20 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     stacked: StackedTrees | None = None
     """The estimator's trees stacked for numpy evaluation, when proven equal to scikit-learn's predictions."""
+    explainer: Any = None
+    """The ``readmit_contract.explanation.Explainer`` of the pipeline, when it explains it (see ``explanations``)."""
+    card: CardState | None = None
+    """The version's model card, or why there is none to serve (None: not looked up)."""
 
     def predict(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """Probability of 30-day readmission for each record (mapping of contract column -> value)."""
         if self.stacked is not None and len(records) <= STACKED_MAX_ROWS:
             return self.stacked.predict_proba(self.pipeline[:-1].transform(records))[:, 1]
         return self.pipeline.predict_proba(records)[:, 1]
+
+    @property
+    def card_state(self) -> CardState:
+        return self.card if self.card is not None else CardState(MISSING, self.version)
 
     @property
     def uses_history(self) -> bool:
@@ -203,7 +220,20 @@ def load_version(client: Any, name: str, version: str, alias: str, cache_dir: st
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)  # nothing refused stays in the cache
         raise
-    return model
+    return replace(model, explainer=_explainer(model),
+                   card=load_card(client, name, str(version), model_version.run_id, tags))
+
+
+def _explainer(model: LoadedModel) -> Any:
+    """``build_explainer`` checked against the model's own probabilities (None when they cannot be had)."""
+    records = check_records(smoke_records())
+    try:
+        probabilities = np.asarray(model.predict(records), dtype="float64")
+    except Exception:  # noqa: BLE001 - passed the smoke test, so unlikely; then no explanations, never a refusal
+        log.warning("%s v%s: scoring the explainer's check encounters failed: no explanations", model.name,
+                    model.version, exc_info=True)
+        return None
+    return build_explainer(model, records, probabilities)
 
 
 class ModelHolder:

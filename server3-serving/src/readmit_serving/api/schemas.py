@@ -23,6 +23,42 @@ class Prediction(BaseModel):
     model_version: str
 
 
+Direction = Literal["raises", "lowers", "none"]
+
+
+class FactorContribution(BaseModel):
+    factor: str = Field(description="The factor's key: a contract column, a quantity derived from the encounter or "
+                                    "an item of the patient's history")
+    label: str = Field(description="The factor in clinical words")
+    value: str = Field(description="This encounter's value of it, in words ('not recorded', 'not known' when "
+                                   "missing)")
+    text: str = Field(description="'label: value', ready to show")
+    contribution: float = Field(description="What it adds to the log-odds of readmission (positive: raises the risk)")
+    direction: Direction = Field(description="raises (contribution > 0), lowers (< 0) or none (0)")
+
+
+class PredictionExplanation(BaseModel):
+    base_log_odds: float = Field(description="The model's log-odds before any factor of this encounter (its average "
+                                             "over the training data)")
+    log_odds: float = Field(description="The model's log-odds for this encounter: base_log_odds + the factors' "
+                                        "contributions + other_factors")
+    factors: list[FactorContribution] = Field(description="The factors with the largest effect, largest first "
+                                                          "(explain_top of them)")
+    other_factors: float = Field(description="The sum of the contributions of the other factors")
+    other_factor_count: int = Field(description="How many factors other_factors sums")
+    method: str = Field(description="How the contributions were computed: shap_tree (exact Shapley values of the "
+                                    "trees), shap_tree_approximate (path attributions of the trees), linear_exact "
+                                    "(a logistic regression's exact contributions) or prior (no factor changes the "
+                                    "risk)")
+    scale: str = Field(description="How to read the numbers")
+
+
+class ExplainedPrediction(Prediction):
+    explanation: PredictionExplanation | None = Field(
+        None, description="Only with explain=true: why the model gave this risk, as additive contributions of the "
+                          "encounter's factors (null when the encounter is not scored)")
+
+
 class BatchResponse(BaseModel):
     predictions: list[Prediction]
     model_name: str
@@ -73,6 +109,9 @@ class ContractField(BaseModel):
     description: str
 
 
+CardStatus = Literal["available", "missing", "no_checksum", "checksum_mismatch", "unreadable"]
+
+
 class ModelDescription(BaseModel):
     model_name: str
     model_alias: str
@@ -82,4 +121,10 @@ class ModelDescription(BaseModel):
     base_rate: float
     metrics: dict[str, float]
     loaded_at: float
+    explainable: bool = Field(description="Whether POST /predict?explain=true can explain this version's predictions")
+    card: CardStatus = Field(description="GET /model/card: available; missing (training recorded no card for this "
+                                         "version); no_checksum (a card without the checksum training records); "
+                                         "checksum_mismatch (the card differs from what training recorded); "
+                                         "unreadable (it cannot be downloaded or parsed). Only an available card "
+                                         "is served")
     contract_fields: list[ContractField]

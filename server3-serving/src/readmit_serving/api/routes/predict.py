@@ -2,6 +2,8 @@
 
 Bodies are strict JSON (``strict_json``); every model call goes through the inference scheduler
 (``batching``), which may refuse a request to keep latency bounded (``admission.Overloaded``: 503).
+``POST /predict?explain=true`` also explains the risk (``explanations``); without a query string the route does
+nothing more than before.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the BatchRequest class built at run time
@@ -11,14 +13,16 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import Field, create_model
 from readmit_contract import Encounter
 
 from .. import metrics
-from ..batching import NoModelError, RecordFailed
+from ..batching import NoModelError, NotExplainable, RecordFailed
 from ..dependencies import Services, ServicesDep
+from ..explanations import EXPLAIN_PARAMETERS, explain_top, explanation_body, not_explainable
 from ..model import LoadedModel, out_of_scope
-from ..schemas import BatchResponse, Message, Prediction, Shed
+from ..schemas import BatchResponse, ExplainedPrediction, Message, Prediction, PredictionExplanation, Shed
 from ..strict_json import StrictJsonRoute
 
 NO_MODEL = "no model loaded yet: waiting for the model alias in MLflow (see /ready)"
@@ -44,6 +48,43 @@ def _prediction(model: LoadedModel, probability: float | None, reason: str | Non
                       model_name=model.name, model_version=model.version)
 
 
+def _explained(prediction: Prediction, explanation: PredictionExplanation | None) -> JSONResponse:
+    """An answer with its explanation (returned as a response: the route's model, Prediction, would drop it)."""
+    body = ExplainedPrediction(**dict(prediction), explanation=explanation)
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+PREDICT_DESCRIPTION = (
+    "The probability that the encounter is followed by a readmission within 30 days, its risk band, and the model "
+    "that gave it. With `explain=true` the answer also carries `explanation`: the encounter's factors with the "
+    "largest effect on the risk (`explain_top`, 10 by default), each with its contribution to the log-odds "
+    "(`base_log_odds` + the factors + `other_factors` = `log_odds`; probability = logistic(log_odds)). "
+    "Encounters ending in death or hospice are not scored (`scored: false`, no explanation)."
+)
+EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ExplainedPrediction, "description": "The prediction (with `explanation` when explain=true)"},
+    409: {"model": Message, "description": "explain=true, but the model version served cannot be explained (ask "
+                                           "without explain for its prediction)"},
+}
+
+
+async def _predict_explained(record: dict[str, Any], top: int, services: Services, request: Request) -> JSONResponse:
+    model = services.holder.current
+    if model is None:
+        raise HTTPException(status_code=503, detail=NO_MODEL)
+    if model.explainer is None:
+        raise HTTPException(status_code=409, detail=not_explainable(model.version))
+    (history,) = await services.history.attach([record], model.uses_history)
+    try:
+        probability, explanation, model = await services.scheduler.explain(record, _deadline(request, services))
+    except NoModelError:
+        raise HTTPException(status_code=503, detail=NO_MODEL) from None
+    except NotExplainable as exc:
+        raise HTTPException(status_code=409, detail=not_explainable(exc.version)) from None
+    return _explained(_prediction(model, probability, history=history),
+                      explanation_body(explanation, top, model.explainer.method))
+
+
 def _uses_history(services: Services) -> bool:
     model = services.holder.current
     return model is not None and model.uses_history
@@ -63,15 +104,21 @@ def build_router(max_batch_size: int) -> APIRouter:
                                            description=f"1 to {max_batch_size} encounters")),
     )
 
-    @router.post("/predict", response_model=Prediction, summary="Risk of 30-day readmission of one encounter")
-    async def predict(encounter: Encounter, services: ServicesDep, request: Request) -> Prediction:
+    @router.post("/predict", response_model=Prediction, summary="Risk of 30-day readmission of one encounter",
+                 description=PREDICT_DESCRIPTION, responses=EXPLAIN_RESPONSES,
+                 openapi_extra={"parameters": EXPLAIN_PARAMETERS})
+    async def predict(encounter: Encounter, services: ServicesDep, request: Request) -> Prediction | JSONResponse:
+        top = explain_top(request)  # None: no explanation asked (the parameters are read by hand, see explanations)
         record = encounter.to_record()
         reason = out_of_scope(record)
         if reason is not None:
             model = services.holder.current
             if model is None:
                 raise HTTPException(status_code=503, detail=NO_MODEL)
-            return _prediction(model, None, reason)
+            prediction = _prediction(model, None, reason)
+            return prediction if top is None else _explained(prediction, None)  # nothing to explain
+        if top is not None:
+            return await _predict_explained(record, top, services, request)
         (history,) = await services.history.attach([record], _uses_history(services))
         try:
             probability, model = await services.scheduler.predict(record, _deadline(request, services))
