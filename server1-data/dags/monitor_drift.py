@@ -9,7 +9,8 @@ Watches the champion between trainings. Runs every 6 hours and after each update
    champion was promoted);
 2. `check` — Evidently's data drift of the encounters that arrived after the champion against its training
    rows, recorded in CleanData (`drift_checks`, `feature_drift`) and MLflow (`<experiment>-monitoring`,
-   with the HTML report), and whether to retrain: at least `DRIFT_SHARE_THRESHOLD` of the features
+   with the HTML report), pushed to Prometheus' Pushgateway when `PUSHGATEWAY_URL` is set (alerts
+   `ReadmitDataDrift`, `ReadmitModelRetrainAdvised`, `ReadmitMonitorStale`), and whether to retrain: at least `DRIFT_SHARE_THRESHOLD` of the features
    drifted, or performance on arrival below the champion's validation ROC-AUC by more than
    `ARRIVAL_MAX_AUC_DROP`;
 3. `should_retrain` — on a scheduled run that advises retraining, once per champion and set of arrived
@@ -18,7 +19,7 @@ Watches the champion between trainings. Runs every 6 hours and after each update
    `trigger.reason`.
 
 Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`, `MODEL_NAME`, `MLFLOW_EXPERIMENT_NAME`, `DRIFT_SHARE_THRESHOLD`,
-`DRIFT_REFERENCE_ROWS`, `ARRIVAL_MAX_AUC_DROP`.
+`DRIFT_REFERENCE_ROWS`, `ARRIVAL_MAX_AUC_DROP`, `PUSHGATEWAY_URL`.
 """
 
 from __future__ import annotations

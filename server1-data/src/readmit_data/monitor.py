@@ -45,6 +45,8 @@ class DriftCheck:
     skipped: str | None = None
     check_id: int | None = None
     mlflow_run_id: str | None = None
+    pushed: bool = False
+    """Whether the figures reached the Pushgateway (``PUSHGATEWAY_URL``)."""
 
     @property
     def reason(self) -> str:
@@ -102,6 +104,7 @@ def check_drift(settings: DataSettings, clean_store: Engine) -> DriftCheck:
         if reasons:  # recorded: retraining is advised all the same (and triggered once)
             check.check_id = _record(settings, clean_store, check,
                                      DriftResult(0.0, 0, [], reference_rows=0, current_rows=len(current)))
+        check.pushed = push_check(settings, check)
         return check
     reference = read_split(clean_store, "train", trained_on)
     if len(reference) > settings.drift_reference_rows:
@@ -114,7 +117,60 @@ def check_drift(settings: DataSettings, clean_store: Engine) -> DriftCheck:
     check = DriftCheck(version, source, result.share, result.drifted_features(), bool(reasons), reasons)
     check.mlflow_run_id = _log_to_mlflow(settings, check, result)
     check.check_id = _record(settings, clean_store, check, result)
+    check.pushed = push_check(settings, check, result)
     return check
+
+
+PUSH_JOB = "readmit_monitor"
+
+
+def push_check(settings: DataSettings, check: DriftCheck, result: DriftResult | None = None) -> bool:
+    """Push a check's figures to ``PUSHGATEWAY_URL`` (job ``readmit_monitor``, replacing the previous push), for
+    Prometheus, its alert rules and Grafana:
+
+    - ``readmit_drift_share`` and ``readmit_drift_share_threshold`` (ReadmitDataDrift fires when the first reaches
+      the second), ``readmit_drift_features_drifted``;
+    - ``readmit_feature_drift_score{feature}`` and ``readmit_feature_drifted{feature}``;
+    - ``readmit_monitor_retrain_advised`` (1 when drift or performance on arrival asks for retraining);
+    - ``readmit_monitor_last_check_timestamp_seconds`` (ReadmitMonitorStale fires when checks stop).
+
+    A check without a drift measurement (too few new encounters) pushes the timestamp and the advice only.
+    Returns whether it was pushed; a Pushgateway that fails is logged, never raised (the check is recorded)."""
+    import time
+
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+    if not settings.pushgateway_url:
+        return False
+    registry = CollectorRegistry()
+    labels = {"model_name": settings.model_name, "model_version": str(check.model_version)}
+    names = list(labels)
+
+    def gauge(name: str, doc: str, value: float, extra: dict[str, str] | None = None) -> None:
+        metric = Gauge(name, doc, [*names, *(extra or {})], registry=registry)
+        metric.labels(**labels, **(extra or {})).set(value)
+
+    gauge("readmit_monitor_last_check_timestamp_seconds", "When the last drift check ran (Unix time)", time.time())
+    gauge("readmit_monitor_retrain_advised", "1 when drift or performance on arrival asks for retraining",
+          1.0 if check.retrain else 0.0)
+    gauge("readmit_drift_share_threshold", "Share of drifted features from which retraining is advised",
+          settings.drift_share_threshold)
+    if result is not None and result.features:
+        gauge("readmit_drift_share", "Share of the contract's features that drifted", result.share)
+        gauge("readmit_drift_features_drifted", "Features that drifted", result.drifted)
+        score = Gauge("readmit_feature_drift_score", "Evidently's drift score of a feature (a distance; drifted at "
+                      "its threshold)", [*names, "feature", "method"], registry=registry)
+        drifted = Gauge("readmit_feature_drifted", "1 when the feature drifted", [*names, "feature"],
+                        registry=registry)
+        for feature in result.features:
+            score.labels(**labels, feature=feature.feature, method=feature.method).set(feature.score)
+            drifted.labels(**labels, feature=feature.feature).set(1.0 if feature.drifted else 0.0)
+    try:
+        push_to_gateway(settings.pushgateway_url, job=PUSH_JOB, registry=registry, timeout=10)
+    except OSError as exc:  # refused, unreachable, timeout, HTTP error (urllib's errors are OSErrors)
+        log.warning("the drift check's figures could not be pushed to the Pushgateway: %s", type(exc).__name__)
+        return False
+    return True
 
 
 def already_triggered(settings: DataSettings, clean_store: Engine, version: str | None, source: str) -> bool:

@@ -59,6 +59,9 @@ class DataSettings(BaseSettings):
     arrival_max_auc_drop: float = Field(0.05, gt=0.0, le=1.0, validation_alias="ARRIVAL_MAX_AUC_DROP")
     """monitor_drift asks for retraining when the champion's ROC-AUC on a batch that arrived after it is below
     its validation ROC-AUC by more than this."""
+    pushgateway_url: str = Field("", validation_alias="PUSHGATEWAY_URL")
+    """Prometheus Pushgateway the drift checks push their figures to (``readmit_data.monitor.push_check``);
+    empty: not pushed."""
     mlflow_http_request_timeout: int = Field(30, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
     """Seconds MLflow's client waits for an answer (MLflow's own variable; its default, 120, is lifted here)."""
     mlflow_http_request_max_retries: int = Field(3, ge=0, le=10, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")
