@@ -10,9 +10,9 @@ Watches the champion between trainings. Runs every 6 hours and after each update
 2. `check` — Evidently's data drift of the encounters that arrived after the champion against its training
    rows, recorded in CleanData (`drift_checks`, `feature_drift`) and MLflow (`<experiment>-monitoring`,
    with the HTML report), pushed to Prometheus' Pushgateway when `PUSHGATEWAY_URL` is set (alerts
-   `ReadmitDataDrift`, `ReadmitModelRetrainAdvised`, `ReadmitMonitorStale`), and whether to retrain: at least `DRIFT_SHARE_THRESHOLD` of the features
-   drifted, or performance on arrival below the champion's validation ROC-AUC by more than
-   `ARRIVAL_MAX_AUC_DROP`;
+   `ReadmitDataDrift`, `ReadmitModelRetrainAdvised`, `ReadmitMonitorStale`), and whether to retrain: at
+   least `DRIFT_SHARE_THRESHOLD` of the features drifted, or performance on arrival below the champion's
+   validation ROC-AUC by more than `ARRIVAL_MAX_AUC_DROP`;
 3. `should_retrain` — on a scheduled run that advises retraining, once per champion and set of arrived
    batches (an Asset-triggered run leaves it to `train_and_register`, which that Asset already starts);
 4. `retrain` — triggers `train_and_register` with the reason in its conf; its runs carry it as the tag
