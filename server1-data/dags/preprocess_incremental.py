@@ -82,6 +82,9 @@ def preprocess_incremental():
         engine = make_engine(settings.clean_db_url)
         try:
             results = score(settings, engine, batches)
+        except Exception as exc:  # noqa: BLE001 - monitoring never holds back the Asset (and retraining)
+            print(f"performance on arrival skipped: {type(exc).__name__}: {str(exc)[:300]}")
+            return []
         finally:
             engine.dispose()
         for result in results:

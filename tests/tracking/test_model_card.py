@@ -234,3 +234,23 @@ def test_a_candidate_no_better_stays_not_better_whatever_the_card(settings, pipe
     y, p = frame[TARGET].to_numpy(), pipeline.predict_proba(frame)[:, 1]
     same = calibration_check(y, p, p, frame["patient_nbr"].to_numpy(), samples=50)
     assert same.challenger_slope == same.champion_slope and not same.worse
+
+
+def test_a_constant_model_has_no_calibration_slope_and_is_not_called_worse(data, pipeline):
+    frame = data["validation"]
+    y, p = frame[TARGET].to_numpy(), pipeline.predict_proba(frame)[:, 1]
+    for constant in (0.11, 0.2):
+        check = calibration_check(y, np.full(len(y), constant), p, frame["patient_nbr"].to_numpy(), samples=50)
+        assert np.isnan(check.challenger_slope) and not check.worse
+        assert check.champion_slope == pytest.approx(calibration_check(y, p, p, frame["patient_nbr"].to_numpy(),
+                                                                       samples=20).champion_slope)
+
+
+def test_a_split_with_one_outcome_still_gets_a_card(data, pipeline):
+    one = data["test"][data["test"][TARGET] == 0]
+    train = data["train"]
+    card = build_card(candidate="hist_gradient_boosting", run_id="run-3", pipeline=pipeline, threshold=THRESHOLD,
+                      train={"batches": ["b"], "rows": len(train), "patients": 1, "positive_rate": 0.1},
+                      validation=data["validation"], test=one, samples=100)
+    assert card.evaluation["test"].roc_auc.value is None and card.evaluation["test"].roc_auc.low is None
+    assert card.evaluation["validation"].roc_auc.value is not None

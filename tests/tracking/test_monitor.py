@@ -79,17 +79,25 @@ def test_drift_of_the_batches_that_arrived_after_the_champion(sqlite_tracking, t
         engine = make_engine(url)
         try:
             score_on_arrival(settings, engine)
-            with engine.begin() as conn:
-                conn.execute(arrival_performance.insert().values(
-                    batch_id="train-9999", model_name=model_name, model_version="1", split="train", rows=100,
-                    positives=10, new_patient_rows=100, roc_auc=result.metrics["roc_auc"] - 0.2,
-                    brier=0.1, observed_rate=0.1, predicted_rate=0.1, champion_val_roc_auc=result.metrics["roc_auc"],
-                    scored_at=utcnow()))
+
+            def arrived(batch: str, rows: int) -> None:
+                with engine.begin() as conn:
+                    conn.execute(arrival_performance.insert().values(
+                        batch_id=batch, model_name=model_name, model_version="1", split="train", rows=rows,
+                        positives=rows // 9, new_patient_rows=rows, roc_auc=result.metrics["roc_auc"] - 0.15,
+                        brier=0.1, observed_rate=0.1, predicted_rate=0.1,
+                        champion_val_roc_auc=result.metrics["roc_auc"], scored_at=utcnow()))
+
+            arrived("train-9998", 100)  # the same drop on 100 encounters is within their noise
+            small = check_drift(settings, engine)
+            arrived("train-9999", 3000)
             again = check_drift(settings, engine)
         finally:
             engine.dispose()
+        assert not small.retrain, small.reason
         assert again.retrain and again.reasons == [
             r for r in again.reasons if r.startswith("performance on arrival: ")] and "train-9999" in again.reason
+        assert "train-9998" not in again.reason
 
 
 def test_monitor_drift_runs_for_real_and_asks_for_retraining_once(sqlite_tracking, tmp_path, model_name):

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from readmit_contract import TARGET
-from readmit_contract.artifact import ArtifactRefused
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sqlalchemy import Engine, select
 
@@ -141,31 +140,45 @@ def score_on_arrival(settings: DataSettings, clean_store: Engine, batches: list[
     try:
         with registry_call(settings, f"downloading champion v{version}", "no batch was scored"):
             model = load_verified(settings, version)
-    except (RegistryError, ArtifactRefused) as exc:
-        log.warning("performance on arrival skipped: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - refused, unreachable, or a model that does not deserialise
+        log.warning("performance on arrival skipped: the champion could not be loaded: %s: %s",
+                    type(exc).__name__, str(exc)[:500])
         return results + [Arrival(b, version, skipped="the champion could not be loaded (see the task log)")
                           for b in todo]
     known = _patients_of(clean_store, trained_on)
     val_auc = run.data.metrics.get("val_roc_auc")
     for batch_id in todo:
-        rows = batch_rows(clean_store, batch_id)
-        if rows.empty:
-            results.append(Arrival(batch_id, version, skipped="no clean rows"))
-            continue
-        p = model.predict_proba(rows)[:, 1]
-        new_patient = ~rows["patient_nbr"].astype("int64").isin(known).to_numpy()
-        figures = measure(rows[TARGET].to_numpy(), p, new_patient)
-        run_id = _log_to_mlflow(settings, batch_id, version, figures, val_auc)
-        record = {"batch_id": batch_id, "model_name": settings.model_name, "model_version": version,
-                  "split": _split_of(clean_store, batch_id), **figures, "champion_val_roc_auc": val_auc,
-                  "scored_at": utcnow(), "mlflow_run_id": run_id}
+        try:
+            results.append(_score_batch(settings, clean_store, batch_id, version, model, known, val_auc))
+        except Exception as exc:  # noqa: BLE001 - monitoring never fails the cleaning: said, and skipped
+            log.warning("performance on arrival of %s failed: %s: %s", batch_id, type(exc).__name__, str(exc)[:500])
+            results.append(Arrival(batch_id, version, skipped="scoring it failed (see the task log)"))
+    return results
+
+
+def _score_batch(settings: DataSettings, clean_store: Engine, batch_id: str, version: str, model: Any,
+                 known: set[int], val_auc: float | None) -> Arrival:
+    from sqlalchemy.exc import IntegrityError
+
+    rows = batch_rows(clean_store, batch_id)
+    if rows.empty:
+        return Arrival(batch_id, version, skipped="no clean rows")
+    p = model.predict_proba(rows)[:, 1]
+    new_patient = ~rows["patient_nbr"].astype("int64").isin(known).to_numpy()
+    figures = measure(rows[TARGET].to_numpy(), p, new_patient)
+    run_id = _log_to_mlflow(settings, batch_id, version, figures, val_auc)
+    record = {"batch_id": batch_id, "model_name": settings.model_name, "model_version": version,
+              "split": _split_of(clean_store, batch_id), **figures, "champion_val_roc_auc": val_auc,
+              "scored_at": utcnow(), "mlflow_run_id": run_id}
+    try:
         with clean_store.begin() as conn:
             conn.execute(arrival_performance.insert().values(**record))
-        results.append(Arrival(batch_id, version, rows=figures["rows"], roc_auc=figures["roc_auc"],
-                               roc_auc_new_patients=figures["roc_auc_new_patients"], brier=figures["brier"],
-                               observed_rate=figures["observed_rate"], predicted_rate=figures["predicted_rate"],
-                               champion_val_roc_auc=val_auc))
-    return results
+    except IntegrityError:  # scored at the same moment by the other DAG: its row stands
+        return Arrival(batch_id, version)
+    return Arrival(batch_id, version, rows=figures["rows"], roc_auc=figures["roc_auc"],
+                   roc_auc_new_patients=figures["roc_auc_new_patients"], brier=figures["brier"],
+                   observed_rate=figures["observed_rate"], predicted_rate=figures["predicted_rate"],
+                   champion_val_roc_auc=val_auc)
 
 
 def _log_to_mlflow(settings: DataSettings, batch_id: str, version: str, figures: dict[str, Any],

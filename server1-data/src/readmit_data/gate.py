@@ -260,22 +260,31 @@ class CalibrationCheck:
         return self.worsening_lower_bound > self.max_worsening
 
 
+MAX_SLOPE = 100.0
+"""A fitted slope beyond this is no calibration slope (nearly constant scores): NaN."""
+
+
 def _slopes(y: np.ndarray, scores: np.ndarray, weights: np.ndarray, iterations: int = 50) -> np.ndarray:
     """Calibration slope of ``scores`` under each row of ``weights`` (samples x rows): the weighted maximum-
-    likelihood logistic fit of ``y`` on the logit of ``scores``, by Newton's method for every sample at once
-    (NaN for a sample without both outcomes). 200 samples of 15,000 rows: about a second; scikit-learn's
+    likelihood logistic fit of ``y`` on the logit of ``scores``, by Newton's method for every sample at once.
+    NaN for a sample without both outcomes, for scores that do not vary (a constant model has no slope), and
+    for a fit that does not converge. 200 samples of 15,000 rows: about a second; scikit-learn's
     ``LogisticRegression`` with ``sample_weight`` in a loop took 85 s."""
     y = np.asarray(y, dtype=float)
     p = np.clip(np.asarray(scores, dtype=float), 1e-6, 1 - 1e-6)
     x = np.log(p / (1 - p))
     w = np.asarray(weights, dtype=float)
-    both = ((w * y).sum(axis=1) > 0) & ((w * (1 - y)).sum(axis=1) > 0)
+    if len(x) == 0 or np.ptp(x) < 1e-9:
+        return np.full(len(w), np.nan)
+    usable = ((w * y).sum(axis=1) > 0) & ((w * (1 - y)).sum(axis=1) > 0)
+
     def loglik(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         eta = a[:, None] + b[:, None] * x
         return (w * (y * eta - np.logaddexp(0, eta))).sum(axis=1)
 
     slope, intercept = np.ones(len(w)), np.zeros(len(w))
     current = loglik(intercept, slope)
+    converged = np.zeros(len(w), dtype=bool)
     for _ in range(iterations):
         mu = 1 / (1 + np.exp(-(intercept[:, None] + slope[:, None] * x)))
         r = w * (y - mu)
@@ -283,21 +292,26 @@ def _slopes(y: np.ndarray, scores: np.ndarray, weights: np.ndarray, iterations: 
         g0, g1 = r.sum(axis=1), r @ x
         h00, h01, h11 = v.sum(axis=1), v @ x, v @ (x * x)
         det = h00 * h11 - h01 * h01
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step0 = np.nan_to_num((h11 * g0 - h01 * g1) / det)
-            step1 = np.nan_to_num((h00 * g1 - h01 * g0) / det)
+        solvable = usable & np.isfinite(det) & (det > 1e-12 * np.maximum(h00 * h11, 1e-300))
+        usable &= solvable  # a singular Hessian: this sample's slope is not identified
+        safe = np.where(solvable, det, 1.0)
+        step0 = np.where(solvable, (h11 * g0 - h01 * g1) / safe, 0.0)
+        step1 = np.where(solvable, (h00 * g1 - h01 * g0) / safe, 0.0)
         scale = np.ones(len(w))
         for _ in range(30):  # halve the step where it would lower the likelihood (concave: it converges)
             trial = loglik(intercept + scale * step0, slope + scale * step1)
-            worse = trial < current - 1e-12
-            if not worse.any():
+            worse = ~(trial >= current - 1e-12)  # NaN counts as worse
+            if not (worse & usable).any():
                 break
             scale = np.where(worse, scale / 2, scale)
         intercept, slope = intercept + scale * step0, slope + scale * step1
         current = loglik(intercept, slope)
-        if max(np.abs(scale * step0).max(initial=0), np.abs(scale * step1).max(initial=0)) < 1e-10:
+        moved = np.maximum(np.abs(scale * step0), np.abs(scale * step1))
+        converged = moved < 1e-8
+        if (converged | ~usable).all():
             break
-    return np.where(both, slope, np.nan)
+    good = usable & converged & np.isfinite(slope) & (np.abs(slope) < MAX_SLOPE)
+    return np.where(good, slope, np.nan)
 
 
 def calibration_check(y: np.ndarray, challenger: np.ndarray, champion: np.ndarray, patients: np.ndarray, *,

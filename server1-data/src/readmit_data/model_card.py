@@ -156,9 +156,12 @@ def patient_weights(patients: np.ndarray, samples: int, seed: int) -> np.ndarray
     return draws[:, patient_of_row]
 
 
-def weighted_interval(metric: Callable[[np.ndarray], float], weights: np.ndarray) -> tuple[float, float]:
-    values = np.array([metric(w) for w in weights])
+def weighted_interval(metric: Callable[[np.ndarray], float], weights: np.ndarray) -> tuple[float | None, float | None]:
+    """The 95 % percentile interval of ``metric`` over the samples' weights (None, None: no finite value)."""
+    values = np.array([metric(w) for w in weights], dtype=float)
     values = values[np.isfinite(values)]
+    if not len(values):
+        return None, None
     return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
 
 
@@ -220,7 +223,9 @@ def assess(split: str, frame: pd.DataFrame, p: np.ndarray, threshold: float, *, 
     y = frame[TARGET].to_numpy().astype(int)
     p = np.asarray(p, dtype=float)
     patients = frame[PATIENT_COLUMN].to_numpy()
-    auc_low, auc_high = patient_bootstrap_interval(y, p, patients, samples=samples, seed=seed)
+    both = len(np.unique(y)) == 2  # a split with one outcome has no ROC-AUC (nor its interval)
+    auc_low, auc_high = (patient_bootstrap_interval(y, p, patients, samples=samples, seed=seed) if both
+                         else (None, None))
     weights = patient_weights(patients, samples, seed + 1)
     squared = (p - y) ** 2
     brier_samples = (weights @ squared) / weights.sum(axis=1)
@@ -230,7 +235,7 @@ def assess(split: str, frame: pd.DataFrame, p: np.ndarray, threshold: float, *, 
     slope, intercept = calibration_line(y, p)
     return Assessment(
         split=split, rows=len(frame), patients=len(np.unique(patients)), positives=int(y.sum()),
-        roc_auc=Interval(value=_auc(y, p), low=auc_low, high=auc_high),
+        roc_auc=Interval(value=_finite(_auc(y, p)), low=auc_low, high=auc_high),
         pr_auc=Interval(value=float(average_precision_score(y, p)), low=pr_low, high=pr_high),
         brier=Interval(value=float(squared.mean()), low=float(np.quantile(brier_samples, 0.025)),
                        high=float(np.quantile(brier_samples, 0.975))),

@@ -16,6 +16,7 @@ Fewer than ``drift.MIN_ROWS`` new encounters, or no champion, is no check (the r
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,8 +63,24 @@ def _train_batches(clean_store: Engine) -> list[str]:
         return sorted(conn.execute(query).scalars())
 
 
+ARRIVAL_Z = 1.645
+"""One-sided 95 %: a batch's drop must exceed ``ARRIVAL_MAX_AUC_DROP`` by this many standard errors."""
+
+
+def auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of a ROC-AUC from its value and the two class sizes."""
+    if positives < 1 or negatives < 1:
+        return float("inf")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+        positives * negatives)
+    return math.sqrt(max(variance, 0.0))
+
+
 def arrival_drops(settings: DataSettings, clean_store: Engine, version: str) -> list[str]:
-    """Why the champion's performance on arrival is a reason to retrain (empty: it is not)."""
+    """Why the champion's performance on arrival is a reason to retrain (empty: it is not): a batch whose ROC-AUC
+    is below the champion's validation ROC-AUC by more than ``ARRIVAL_MAX_AUC_DROP``, beyond the batch's own
+    sampling noise (``ARRIVAL_Z`` standard errors, Hanley & McNeil): a small batch does not raise a false alarm."""
     query = select(arrival_performance).where(arrival_performance.c.model_name == settings.model_name,
                                               arrival_performance.c.model_version == version)
     with clean_store.connect() as conn:
@@ -73,10 +90,11 @@ def arrival_drops(settings: DataSettings, clean_store: Engine, version: str) -> 
         if row["roc_auc"] is None or row["champion_val_roc_auc"] is None:
             continue
         drop = row["champion_val_roc_auc"] - row["roc_auc"]
-        if drop > settings.arrival_max_auc_drop:
-            reasons.append(f"performance on arrival: ROC-AUC {row['roc_auc']:.4f} on {row['batch_id']} vs "
-                           f"{row['champion_val_roc_auc']:.4f} on validation (drop {drop:.4f} > "
-                           f"{settings.arrival_max_auc_drop:g})")
+        noise = ARRIVAL_Z * auc_standard_error(row["roc_auc"], row["positives"], row["rows"] - row["positives"])
+        if drop > settings.arrival_max_auc_drop + noise:
+            reasons.append(f"performance on arrival: ROC-AUC {row['roc_auc']:.4f} on {row['batch_id']} "
+                           f"({row['rows']} encounters) vs {row['champion_val_roc_auc']:.4f} on validation (drop "
+                           f"{drop:.4f} > {settings.arrival_max_auc_drop:g} + {noise:.4f} of sampling noise)")
     return reasons
 
 
@@ -173,11 +191,18 @@ def push_check(settings: DataSettings, check: DriftCheck, result: DriftResult | 
     return True
 
 
+def source_key(source: str) -> str:
+    """The identity of a set of arrived batches (``DriftCheck.current_source``, however long)."""
+    import hashlib
+
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
 def already_triggered(settings: DataSettings, clean_store: Engine, version: str | None, source: str) -> bool:
     """Whether a check of this champion on these arrived batches already triggered retraining."""
     query = select(drift_checks.c.check_id).where(
         drift_checks.c.model_name == settings.model_name, drift_checks.c.model_version == str(version),
-        drift_checks.c.current_source == source[:255], drift_checks.c.triggered == 1)
+        drift_checks.c.current_key == source_key(source), drift_checks.c.triggered == 1)
     with clean_store.connect() as conn:
         return conn.execute(query.limit(1)).first() is not None
 
@@ -194,7 +219,8 @@ def _record(settings: DataSettings, clean_store: Engine, check: DriftCheck, resu
     with clean_store.begin() as conn:
         check_id = conn.execute(drift_checks.insert().values(
             checked_at=utcnow(), model_name=settings.model_name, model_version=check.model_version,
-            current_source=check.current_source[:255], reference_rows=result.reference_rows,
+            current_source=check.current_source[:255], current_key=source_key(check.current_source),
+            reference_rows=result.reference_rows,
             current_rows=result.current_rows, features=len(result.features), drifted=result.drifted,
             share=result.share, retrain=int(check.retrain), reason=check.reason or None,
             mlflow_run_id=check.mlflow_run_id,

@@ -194,6 +194,8 @@ drift_checks = Table(
     Column("model_name", String(191), nullable=False),
     Column("model_version", String(32), nullable=False),
     Column("current_source", String(255), nullable=False),
+    Column("current_key", String(64), nullable=False, index=True),
+    # sha256 of the full list of arrived batches (current_source is cut to 255 characters)
     Column("reference_rows", Integer, nullable=False),
     Column("current_rows", Integer, nullable=False),
     Column("features", Integer, nullable=False),

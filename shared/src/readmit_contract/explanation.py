@@ -143,7 +143,8 @@ class Explanation:
 
     @property
     def probability(self) -> float:
-        return 1.0 / (1.0 + math.exp(-self.log_odds))
+        z = self.log_odds  # the logistic function, without overflow at either end
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
     def top(self, n: int) -> tuple[list[Contribution], float]:
         """The ``n`` largest contributions and the sum of the rest (so that the parts still add up)."""
