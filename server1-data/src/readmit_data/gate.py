@@ -92,6 +92,20 @@ def corrected_confidence(confidence: float, candidates: int) -> float:
     return 1.0 - (1.0 - confidence) / max(1, candidates)
 
 
+def patient_index(patients: np.ndarray) -> tuple[np.ndarray, int]:
+    """(the patient of each row as 0..n-1, n): the columns a bootstrap over patients draws."""
+    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
+    return patient_of_row, int(patient_of_row.max()) + 1 if len(patient_of_row) else 0
+
+
+def patient_weights(patients: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Row weights of ``samples`` bootstrap samples that each draw the patients with replacement (samples x rows):
+    a row weighs how often its patient was drawn."""
+    patient_of_row, n = patient_index(patients)
+    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)
+    return draws[:, patient_of_row]
+
+
 class _RankedScores:
     """One model's scores, prepared once for the AUC of any number of weightings of the rows.
 
@@ -150,8 +164,7 @@ def paired_bootstrap(
     level = corrected_confidence(confidence, candidates)
     tail = 1.0 - level
     samples = max(int(samples), math.ceil(MIN_TAIL_SAMPLES / tail))
-    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
-    n_patients = int(patient_of_row.max()) + 1 if len(patient_of_row) else 0
+    patient_of_row, n_patients = patient_index(patients)
 
     ones = np.ones((1, len(y)))
     challenger_auc = float(weighted_auc(y, challenger, ones)[0])
@@ -188,8 +201,7 @@ def patient_bootstrap_interval(y: np.ndarray, scores: np.ndarray, patients: np.n
                                confidence: float = 0.95, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Two-sided ``confidence`` interval of the ROC-AUC of ``scores``, resampling patients (not encounters)
     with replacement: a patient's encounters are correlated, so resampling rows would make it too narrow."""
-    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
-    n_patients = int(patient_of_row.max()) + 1 if len(patient_of_row) else 0
+    patient_of_row, n_patients = patient_index(patients)
     ranked = _RankedScores(np.asarray(y), np.asarray(scores, dtype=float), patient_of_row)
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_CELLS // max(1, len(y)))
@@ -326,10 +338,7 @@ def calibration_check(y: np.ndarray, challenger: np.ndarray, champion: np.ndarra
     if not (np.isfinite(challenger_slope) and np.isfinite(champion_slope)):
         # a constant model has no slope: nothing to compare
         return CalibrationCheck(challenger_slope, champion_slope, float("-inf"), max_worsening)
-    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
-    n = int(patient_of_row.max()) + 1
-    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)
-    weights = draws[:, patient_of_row]
+    weights = patient_weights(patients, samples, seed)
     worsening = np.abs(_slopes(y, challenger, weights) - 1) - np.abs(_slopes(y, champion, weights) - 1)
     worsening = worsening[np.isfinite(worsening)]
     lower = float(np.quantile(worsening, 1 - confidence)) if len(worsening) else float("-inf")

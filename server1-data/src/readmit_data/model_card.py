@@ -57,7 +57,7 @@ from readmit_contract.target import EXCLUDED_DISCHARGE_DISPOSITIONS
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .candidates import PATIENT_COLUMN
-from .gate import patient_bootstrap_interval
+from .gate import patient_bootstrap_interval, patient_weights
 from .training import calibration_line
 
 log = logging.getLogger(__name__)
@@ -145,15 +145,6 @@ def _rate(y: np.ndarray, flagged: np.ndarray) -> float:
 
 def _finite(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
-
-
-def patient_weights(patients: np.ndarray, samples: int, seed: int) -> np.ndarray:
-    """Row weights of ``samples`` bootstrap samples that each draw the patients with replacement (samples x rows):
-    a row weighs how often its patient was drawn."""
-    _, patient_of_row = np.unique(np.asarray(patients), return_inverse=True)
-    n = int(patient_of_row.max()) + 1
-    draws = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=samples).astype(float)
-    return draws[:, patient_of_row]
 
 
 def weighted_interval(metric: Callable[[np.ndarray], float], weights: np.ndarray) -> tuple[float | None, float | None]:
