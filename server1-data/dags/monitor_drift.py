@@ -47,14 +47,11 @@ def monitor_drift():
     def catch_up_arrivals() -> list[dict]:
         from readmit_data.arrival import score_on_arrival
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
 
         settings = DataSettings()
-        engine = make_engine(settings.clean_db_url)
-        try:
+        with engine_for(settings.clean_db_url) as engine:
             results = score_on_arrival(settings, engine)
-        finally:
-            engine.dispose()
         for result in results:
             if result.skipped is None:
                 print(f"performance on arrival of {result.batch_id}: ROC-AUC {result.roc_auc} "
@@ -65,14 +62,11 @@ def monitor_drift():
     def check(arrivals: list[dict]) -> dict:
         from readmit_data.monitor import check_drift
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
 
         settings = DataSettings()
-        engine = make_engine(settings.clean_db_url)
-        try:
+        with engine_for(settings.clean_db_url) as engine:
             result = check_drift(settings, engine)
-        finally:
-            engine.dispose()
         print(result.skipped or f"drift: share {result.share:.2f}, drifted {result.drifted_features or 'none'}")
         print(f"retrain: {result.retrain} {result.reason}")
         return result.to_dict()
@@ -81,7 +75,7 @@ def monitor_drift():
     def should_retrain(result: dict) -> bool:
         from readmit_data.monitor import already_triggered, mark_triggered
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
 
         run_type = str(get_current_context()["dag_run"].run_type)
         if not result["retrain"]:
@@ -90,14 +84,11 @@ def monitor_drift():
             print("new clean data: train_and_register is started by the same Asset; not triggered again")
             return False
         settings = DataSettings()
-        engine = make_engine(settings.clean_db_url)
-        try:
+        with engine_for(settings.clean_db_url) as engine:
             if already_triggered(settings, engine, result["model_version"], result["current_source"]):
                 print("retraining was already asked for this champion and these batches")
                 return False
             mark_triggered(settings, engine, result["check_id"])
-        finally:
-            engine.dispose()
         return True
 
     decision = check(catch_up_arrivals())

@@ -73,20 +73,18 @@ def preprocess_incremental():
     def score_on_arrival(lineages: list[dict]) -> list[dict]:
         from readmit_data.arrival import score_on_arrival as score
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
 
         batches = [item["batch_id"] for item in lineages if item["rows_out"]]
         if not batches:
             return []
         settings = DataSettings()
-        engine = make_engine(settings.clean_db_url)
         try:
-            results = score(settings, engine, batches)
+            with engine_for(settings.clean_db_url) as engine:
+                results = score(settings, engine, batches)
         except Exception as exc:  # noqa: BLE001 - monitoring never holds back the Asset (and retraining)
             print(f"performance on arrival skipped: {type(exc).__name__}: {str(exc)[:300]}")
             return []
-        finally:
-            engine.dispose()
         for result in results:
             print(f"performance on arrival of {result.batch_id}: "
                   + (result.skipped or f"ROC-AUC {result.roc_auc}, observed {result.observed_rate:.3f} vs "

@@ -63,15 +63,12 @@ def train_and_register():
         from dataclasses import asdict
 
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
         from readmit_data.training import take_snapshot
 
         settings = DataSettings()
-        engine = make_engine(settings.clean_db_url)
-        try:
+        with engine_for(settings.clean_db_url) as engine:
             snap = take_snapshot(engine)
-        finally:
-            engine.dispose()
         print(f"training snapshot: {snap}")
         return asdict(snap)
 
@@ -89,7 +86,7 @@ def train_and_register():
     @task(max_active_tis_per_dagrun=1)
     def train_candidate(candidate: str, data: dict) -> dict:
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
         from readmit_data.training import Snapshot
         from readmit_data.training import train_candidate as train
 
@@ -98,13 +95,10 @@ def train_and_register():
         run_type = str(context["dag_run"].run_type).lower()
         reason = context["params"].get("reason") or (
             "new clean data (the clean_encounters Asset was updated)" if "asset" in run_type else "started by hand")
-        engine = make_engine(settings.clean_db_url)
-        try:
+        with engine_for(settings.clean_db_url) as engine:
             result = train(settings, engine, candidate, Snapshot(**data),
                            tags={"airflow.dag_run": context["run_id"], "airflow.dag": "train_and_register",
                                  "trigger.reason": reason[:5000]})
-        finally:
-            engine.dispose()
         print(f"{candidate}: run {result.run_id}, validation {result.metrics}")
         return result.to_dict()
 
@@ -113,17 +107,14 @@ def train_and_register():
     def register_best(results: list[dict]) -> dict:
         from readmit_data.registry import best_candidate, register_and_promote
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
         from readmit_data.training import CandidateResult
 
         settings = DataSettings()
         trained = [CandidateResult(**r) for r in results]
         best = best_candidate(trained)
-        engine = make_engine(settings.clean_db_url)
-        try:
+        with engine_for(settings.clean_db_url) as engine:
             promotion = register_and_promote(settings, engine, best, candidates=len(trained))
-        finally:
-            engine.dispose()
         print(promotion.reason)
         return promotion.to_dict()
 
@@ -131,14 +122,11 @@ def train_and_register():
     def record_test_metrics(promotion: dict) -> dict | None:
         from readmit_data.registry import record_champion_test_metrics
         from readmit_data.settings import DataSettings
-        from readmit_data.stores import make_engine
+        from readmit_data.stores import engine_for
 
         settings = DataSettings()
-        engine = make_engine(settings.clean_db_url)
-        try:
+        with engine_for(settings.clean_db_url) as engine:
             metrics = record_champion_test_metrics(settings, engine)
-        finally:
-            engine.dispose()
         print(f"champion test metrics: {metrics or 'already recorded'}")
         return metrics
 

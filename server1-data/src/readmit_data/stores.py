@@ -393,6 +393,16 @@ def store_failure(exc: BaseException) -> str:
 
 
 @contextmanager
+def engine_for(url: str) -> Iterator[Engine]:
+    """``make_engine(url)``, disposed on exit (no schema created: for stores another step created)."""
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def engines(raw_url: str, clean_url: str) -> Iterator[tuple[Engine, Engine]]:
     """Both stores, schemas created, disposed on exit."""
     raw, clean = make_engine(raw_url), make_engine(clean_url)
