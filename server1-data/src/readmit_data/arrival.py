@@ -168,7 +168,7 @@ def _score_batch(settings: DataSettings, clean_store: Engine, batch_id: str, ver
     figures = measure(rows[TARGET].to_numpy(), p, new_patient)
     run_id = _log_to_mlflow(settings, batch_id, version, figures, val_auc)
     record = {"batch_id": batch_id, "model_name": settings.model_name, "model_version": version,
-              "split": _split_of(clean_store, batch_id), **figures, "champion_val_roc_auc": val_auc,
+              "split": str(rows["split"].iloc[0]), **figures, "champion_val_roc_auc": val_auc,
               "scored_at": utcnow(), "mlflow_run_id": run_id}
     try:
         with clean_store.begin() as conn:
