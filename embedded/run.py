@@ -175,13 +175,14 @@ def run(argv: list[str], env: dict[str, str], quiet: bool = False) -> subprocess
     return done
 
 
-def dag_test(dag_id: str, env: dict[str, str]) -> None:
-    """Run one DAG for real; Airflow's own log goes to var/log/airflow-DAG.log, the task prints to the screen."""
+def dag_test(dag_id: str, env: dict[str, str], conf: dict | None = None) -> None:
+    """Run one DAG for real (with ``conf``, the run's parameters); Airflow's own log goes to
+    var/log/airflow-DAG.log, the task prints to the screen."""
     started = time.perf_counter()
     log_path = LOGS / f"airflow-{dag_id}.log"
-    done = subprocess.run([str(BIN / "airflow"), "dags", "test", dag_id], env=service_env(env, "training"), cwd=ROOT,
-                          text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL)
+    argv = [str(BIN / "airflow"), "dags", "test", dag_id, *(["--conf", json.dumps(conf)] if conf else [])]
+    done = subprocess.run(argv, env=service_env(env, "training"), cwd=ROOT, text=True, capture_output=True,
+                          stdin=subprocess.DEVNULL)
     log_path.write_text(done.stdout + done.stderr)
     shown = log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path
     for line in done.stdout.splitlines():  # what the tasks printed (not Airflow's structured log lines)

@@ -58,7 +58,7 @@ def test_dag_integrity(tmp_path):
     assert train["tasks"] == ["candidate_names", "record_test_metrics", "register_best", "snapshot", "train_candidate"]
     assert train["schedule"] == "AssetTriggeredTimetable"
     monitor = report["dags"]["monitor_drift"]
-    assert monitor["tasks"] == ["catch_up_arrivals", "check", "retrain", "should_retrain"]
+    assert monitor["tasks"] == ["catch_up_arrivals", "check", "prune_prediction_log", "retrain", "should_retrain"]
     assert monitor["schedule"] == "AssetOrTimeSchedule"
 
 

@@ -1,15 +1,22 @@
-"""monitor's drift check against real MLflow and SQLite stores: batches that arrived after the champion, shifted
-by the synthetic generator's drift setting, ask for retraining with the reason; unshifted ones do not."""
+"""monitor's drift checks against real MLflow and SQLite stores: batches that arrived after the champion, and the
+same encounters as the API logs them when it scores them, shifted by the synthetic generator's drift setting, ask
+for retraining with the reason; unshifted ones do not. The prediction log is pruned past its retention."""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
 import pandas as pd
 import pytest
+from readmit_contract import Encounter
+from readmit_contract.prediction_log import ENCOUNTER_NAMES, encounter_json, prediction_log
+from readmit_contract.prediction_log import metadata as predictions_metadata
 from readmit_data.arrival import score_on_arrival
-from readmit_data.monitor import check_drift
+from readmit_data.monitor import Champion, check_drift, check_live_drift, prune_predictions
 from readmit_data.registry import register_and_promote
 from readmit_data.stores import arrival_performance, drift_checks, feature_drift, make_engine, utcnow
-from readmit_data.training import Snapshot, take_snapshot, train_candidate
+from readmit_data.training import Snapshot, read_split, take_snapshot, train_candidate
 
 from .conftest import cleaned_store
 from .test_gate import settings_for
@@ -44,6 +51,28 @@ def _table(url: str, table) -> pd.DataFrame:
         engine.dispose()
 
 
+def log_predictions(url: str, clean: pd.DataFrame, model_name: str, *, hours_ago: float = 0.0,
+                    answered: int | None = None) -> int:
+    """``clean`` rows as the API logs them: each validated as a request body (Encounter), its record's input
+    columns as ``encounter_json`` writes them, one row per answer; returns how many."""
+    bodies = json.loads(clean[list(ENCOUNTER_NAMES)].to_json(orient="records"))
+    when = utcnow() - timedelta(hours=hours_ago)
+    rows = [{"request_id": f"{i:032x}", "position": 0, "predicted_at": when, "caller": "test", "endpoint": "predict",
+             "model_name": model_name, "model_version": "1", "encounter_id": body["encounter_id"],
+             "patient_nbr": body["patient_nbr"],
+             "encounter": encounter_json(Encounter.model_validate(body).to_record()),
+             "scored": True, "probability": 0.1, "risk_band": "low", "reason": None, "history": "found"}
+            for i, body in enumerate(bodies[:answered])]
+    engine = make_engine(url)
+    try:
+        predictions_metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(prediction_log.insert(), rows)
+    finally:
+        engine.dispose()
+    return len(rows)
+
+
 @pytest.mark.parametrize("source", [SHIFTED, UNSHIFTED])
 def test_drift_of_the_batches_that_arrived_after_the_champion(sqlite_tracking, tmp_path, model_name, source):
     from mlflow import MlflowClient
@@ -55,13 +84,34 @@ def test_drift_of_the_batches_that_arrived_after_the_champion(sqlite_tracking, t
         assert check_drift(settings, engine).skipped == "no champion yet"
         result, full = _champion(settings, url)
         check = check_drift(settings, engine)
+        arrived = full.train_batches[FIRST_BATCHES:]
+        # the same encounters scored by the API, each answered twice (the live check counts an encounter once)
+        predictions = f"sqlite:///{tmp_path / 'predictions.db'}"
+        current = read_split(engine, "train", arrived)
+        log_predictions(predictions, current, model_name)
+        log_predictions(predictions, current, model_name)
+        log_predictions(predictions, current, model_name, hours_ago=30)  # outside DRIFT_PREDICTION_HOURS
+        store = make_engine(predictions)
+        try:
+            live = check_live_drift(settings, engine, store)
+            # a champion that learnt from every batch: live drift is recorded, retraining would add nothing
+            learnt_all = check_live_drift(settings, engine, store,
+                                          Champion("1", full.train_batches[:FIRST_BATCHES], []))
+        finally:
+            store.dispose()
     finally:
         engine.dispose()
-    arrived = full.train_batches[FIRST_BATCHES:]
+    assert live.population == "predictions" and live.skipped is None
+    assert live.current_source.startswith("predictions ") and f"({len(current)} encounters)" in live.current_source
+    assert live.arrived == check.arrived == check.current_source
     assert check.skipped is None and check.model_version == "1"
     assert check.current_source == "batches " + ",".join(arrived)
     checks, features = _table(url, drift_checks), _table(url, feature_drift)
-    assert len(checks) == 1 and len(features) == checks.loc[0, "features"] == 47
+    assert checks["population"].tolist() == ["batches", "predictions", "predictions"]
+    assert checks["current_rows"].tolist() == [len(current)] * 3
+    assert checks["current_key"].nunique() == 2  # the live checks share the batches' key when batches arrived
+    features = features[features["check_id"] == checks.loc[0, "check_id"]]
+    assert len(features) == checks.loc[0, "features"] == 47
     assert checks.loc[0, "drifted"] == features["drifted"].sum() == len(check.drifted_features)
     assert checks.loc[0, "current_rows"] >= 1000
     run = MlflowClient(sqlite_tracking.uri).get_run(check.mlflow_run_id)
@@ -70,11 +120,17 @@ def test_drift_of_the_batches_that_arrived_after_the_champion(sqlite_tracking, t
     assert [a.path for a in MlflowClient(sqlite_tracking.uri).list_artifacts(check.mlflow_run_id, "drift")] == [
         "drift/report.html"]
     if source == SHIFTED:
-        assert check.retrain and check.reason.startswith("data drift: ")
+        assert check.retrain and check.reason.startswith("data drift in the batches that arrived: ")
         assert {"age", "admission_source_id", "number_inpatient"} <= set(check.drifted_features)
         assert checks.loc[0, "retrain"] == 1 and checks.loc[0, "reason"] == check.reason
+        # what the API received drifts as the batches did (its values are read as the clean rows are)
+        assert live.retrain and live.reason.startswith("data drift in the encounters scored: ")
+        assert live.drifted_features == check.drifted_features and live.share == pytest.approx(check.share)
+        assert not learnt_all.retrain and "not retrained: no batch has arrived" in learnt_all.reason
+        assert checks["retrain"].tolist() == [1, 1, 0]
     else:
         assert not check.retrain and check.drifted_features == [] and check.reason == ""
+        assert not live.retrain and live.drifted_features == [] and live.reason == ""
         # a drop in performance on arrival beyond the limit is a reason too
         engine = make_engine(url)
         try:
@@ -100,6 +156,26 @@ def test_drift_of_the_batches_that_arrived_after_the_champion(sqlite_tracking, t
         assert "train-9998" not in again.reason
 
 
+def test_prune_deletes_only_predictions_past_their_retention(tmp_path, model_name):
+    from readmit_contract import validate
+    from readmit_contract.synthetic import generate
+    from readmit_data.settings import DataSettings
+
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    rows = validate(generate(40, seed=3)).valid.head(30)
+    log_predictions(url, rows, model_name, hours_ago=24 * 11)
+    log_predictions(url, rows, model_name, hours_ago=24 * 9)
+    settings = DataSettings(PREDICTION_LOG_RETENTION_DAYS=10)
+    engine = make_engine(url)
+    try:
+        assert prune_predictions(settings, engine, chunk=7) == 30  # in chunks smaller than what is due
+        assert prune_predictions(settings, engine) == 0
+        left = _table(url, prediction_log)
+    finally:
+        engine.dispose()
+    assert len(left) == 30 and (left["predicted_at"] > utcnow() - timedelta(days=10)).all()
+
+
 def test_monitor_drift_runs_for_real_and_asks_for_retraining_once(sqlite_tracking, tmp_path, model_name):
     """`airflow dags test monitor_drift` on shifted arrivals: the check advises retraining, train_and_register is
     triggered with the reason in its conf; a second run on the same champion and batches does not trigger again."""
@@ -114,21 +190,34 @@ def test_monitor_drift_runs_for_real_and_asks_for_retraining_once(sqlite_trackin
     template = tmp_path / "airflow-template"
     migrate(template)
     home = clone_home(template, tmp_path / "airflow")
+    engine = make_engine(url)
+    try:
+        current = read_split(engine, "train", take_snapshot(engine).train_batches[FIRST_BATCHES:])
+    finally:
+        engine.dispose()
+    predictions = f"sqlite:///{tmp_path / 'predictions.db'}"
+    log_predictions(predictions, current, model_name)
+    log_predictions(predictions, current, model_name, answered=5, hours_ago=24 * 200)  # past the retention
     env = {"CLEAN_DB_URL": url, "MLFLOW_TRACKING_URI": sqlite_tracking.uri, "MODEL_NAME": model_name,
-           "MLFLOW_EXPERIMENT_NAME": settings.experiment_name}
+           "MLFLOW_EXPERIMENT_NAME": settings.experiment_name, "PREDICTIONS_DB_URL": predictions,
+           "PREDICTION_LOG_RETENTION_DAYS": "180"}
     unpause(home, "train_and_register", env)
     first = dags_test(home, "monitor_drift", env)
     assert first.returncode == 0, first.stdout[-4000:]
     states = {row["task_id"]: row["state"] for row in task_states(home, "monitor_drift")}
     assert states == {"catch_up_arrivals": "success", "check": "success", "should_retrain": "success",
-                      "retrain": "success"}
+                      "retrain": "success", "prune_prediction_log": "success"}
     with sqlite3.connect(home / "airflow.db") as db:
         runs = db.execute("SELECT conf FROM dag_run WHERE dag_id = 'train_and_register'").fetchall()
     assert len(runs) == 1
     conf = runs[0][0] if isinstance(runs[0][0], dict) else json.loads(runs[0][0])
-    assert conf["reason"].startswith("data drift: ") and "number_inpatient" in conf["reason"]
+    assert conf["reason"].startswith("data drift in the batches that arrived: ")
+    assert "number_inpatient" in conf["reason"]
+    assert "; data drift in the encounters scored: " in conf["reason"]  # both populations drifted
     checks = _table(url, drift_checks)
-    assert checks["triggered"].tolist() == [1]
+    assert checks["population"].tolist() == ["batches", "predictions"]
+    assert checks["triggered"].tolist() == [1, 1]
+    assert len(_table(predictions, prediction_log)) == len(current)  # the 5 past the retention were deleted
     assert len(_table(url, arrival_performance)) >= 1  # caught up with the batches that arrived after it
 
     second = dags_test(home, "monitor_drift", env)

@@ -75,13 +75,20 @@ def test_a_drifted_check_reaches_prometheus_and_fires_the_alert(monitoring):
     def series(expr: str) -> list:
         return httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()["data"]["result"]
 
-    share = _eventually(lambda: series('readmit_drift_share{model_name="readmission-push"}'))
-    assert share and float(share[0]["value"][1]) == pytest.approx(result.share)
-    assert share[0]["metric"]["model_version"] == "4" and share[0]["metric"]["job"] == PUSH_JOB
-    drifted = series('readmit_feature_drifted{model_name="readmission-push"} == 1')
+    # the live traffic's check is pushed beside it (its own group: neither push replaces the other)
+    live = compare(_clean(8000, seed=1), _clean(3000, seed=4), html=False)
+    assert push_check(settings, DriftCheck("4", "predictions ...", live.share, [], False, [],
+                                           population="predictions"), live)
+    share = _eventually(lambda: (found := series('readmit_drift_share{model_name="readmission-push"}'))
+                        and len(found) == 2 and found)
+    by_population = {s["metric"]["population"]: float(s["value"][1]) for s in share}
+    assert by_population == pytest.approx({"batches": result.share, "predictions": live.share})
+    assert {s["metric"]["model_version"] for s in share} == {"4"} and share[0]["metric"]["job"] == PUSH_JOB
+    drifted = series('readmit_feature_drifted{model_name="readmission-push", population="batches"} == 1')
     assert {s["metric"]["feature"] for s in drifted} == set(result.drifted_features())
-    scores = series('readmit_feature_drift_score{model_name="readmission-push"}')
+    scores = series('readmit_feature_drift_score{model_name="readmission-push", population="batches"}')
     assert len(scores) == len(result.features)
+    assert not series('readmit_feature_drifted{model_name="readmission-push", population="predictions"} == 1')
 
     def firing() -> set[str]:
         alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
@@ -89,6 +96,9 @@ def test_a_drifted_check_reaches_prometheus_and_fires_the_alert(monitoring):
 
     assert {"ReadmitDataDrift", "ReadmitModelRetrainAdvised"} <= _eventually(
         lambda: {"ReadmitDataDrift", "ReadmitModelRetrainAdvised"} <= firing() and firing())
+    drift_alerts = [a for a in httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+                    if a["labels"]["alertname"] == "ReadmitDataDrift"]
+    assert [a["labels"]["population"] for a in drift_alerts] == ["batches"]
     assert "ReadmitMonitorStale" not in firing()
 
     # the next check replaces the push: no drift, no advice, the alerts resolve

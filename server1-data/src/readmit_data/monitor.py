@@ -1,16 +1,25 @@
-"""Monitoring the champion between trainings: drift of the new encounters, and whether to retrain.
+"""Monitoring the champion between trainings: drift of the encounters it meets, and whether to retrain.
 
-``check_drift`` compares the encounters that arrived after the champion was trained (the clean train
-batches it was not trained on) with a seeded sample of its own training rows (``readmit_data.drift``),
-records the result in CleanData (``drift_checks``, ``feature_drift``) and in MLflow's monitoring
-experiment (figures, and Evidently's HTML report as ``drift/report.html``), and says whether the
-champion should be retrained and why:
+Two populations are compared with a seeded sample of the champion's own training rows
+(``readmit_data.drift``), each recorded in CleanData (``drift_checks``, ``feature_drift``) and in MLflow's
+monitoring experiment (figures, and Evidently's HTML report as ``drift/report.html``), and pushed to
+Prometheus (``push_check``):
 
-- the share of drifted features is at least ``DRIFT_SHARE_THRESHOLD``, or
+- ``batches`` (``check_drift``): the clean train batches that arrived after the champion was trained;
+- ``predictions`` (``check_live_drift``): the encounters the API scored in the last ``DRIFT_PREDICTION_HOURS``,
+  read from the prediction log (``PREDICTIONS_DB_URL``), each encounter once.
+
+Retraining is advised when
+
+- the share of drifted features is at least ``DRIFT_SHARE_THRESHOLD`` (either population), or
 - on a batch that arrived after it, the champion's ROC-AUC is below its validation ROC-AUC by more than
-  ``ARRIVAL_MAX_AUC_DROP`` (``readmit_data.arrival``).
+  ``ARRIVAL_MAX_AUC_DROP`` (``readmit_data.arrival``),
 
-Fewer than ``drift.MIN_ROWS`` new encounters, or no champion, is no check (the reason is returned).
+and only while batches have arrived that the champion has not learnt from: without them a retraining would
+learn from the same rows (drift of live traffic is then recorded and alerted on, with that said).
+
+Fewer than ``drift.MIN_ROWS`` encounters, or no champion, is no measurement (the reason is returned).
+``prune_predictions`` deletes logged predictions older than ``PREDICTION_LOG_RETENTION_DAYS``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import logging
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +39,7 @@ from .arrival import monitoring_experiment
 from .drift import MIN_ROWS, DriftResult, compare
 from .mlflow_access import RegistryError, registry_call
 from .settings import DataSettings
-from .stores import arrival_performance, batch_lineage, drift_checks, feature_drift, utcnow
+from .stores import arrival_performance, batch_lineage, drift_checks, feature_drift, make_engine, utcnow
 from .training import read_split
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,11 @@ class DriftCheck:
     mlflow_run_id: str | None = None
     pushed: bool = False
     """Whether the figures reached the Pushgateway (``PUSHGATEWAY_URL``)."""
+    population: str = "batches"
+    """What was compared with the training rows: ``batches`` or ``predictions`` (``POPULATIONS``)."""
+    arrived: str = ""
+    """The batches that arrived after the champion (``batches a,b`` or ``none``): what a retraining would add;
+    retraining is triggered once per champion and ``arrived``."""
 
     @property
     def reason(self) -> str:
@@ -98,25 +113,70 @@ def arrival_drops(settings: DataSettings, clean_store: Engine, version: str) -> 
     return reasons
 
 
-def check_drift(settings: DataSettings, clean_store: Engine) -> DriftCheck:
-    """One drift check of the champion; see the module's doc. ``RegistryError`` when MLflow cannot say who the
-    champion is (a check without it would be meaningless)."""
+POPULATIONS = ("batches", "predictions")
+LIVE_MAX_ROWS = 50_000
+"""The live drift check reads at most this many of the latest logged predictions."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The champion a check is about: its version, the batches it learnt from and those that arrived since."""
+
+    version: str
+    trained_on: list[str]
+    arrived: list[str]
+
+    @property
+    def arrived_source(self) -> str:
+        return "batches " + ",".join(self.arrived) if self.arrived else "none"
+
+
+def champion_batches(settings: DataSettings, clean_store: Engine) -> Champion | None:
+    """The champion and its batches (None: no champion yet); ``RegistryError`` when MLflow cannot say (a check
+    without it would be meaningless)."""
     from .registry import _client, current_champion
 
     champion = current_champion(settings)
     if champion is None:
-        return DriftCheck(skipped="no champion yet")
-    version = str(champion.version)
-    client = _client(settings)
+        return None
     with registry_call(settings, f"reading the champion's run {champion.run_id}", "no drift check was made"):
-        params = client.get_run(champion.run_id).data.params
+        params = _client(settings).get_run(champion.run_id).data.params
     trained_on = [b for b in params.get("train_batches", "").split(",") if b]
     arrived = [b for b in _train_batches(clean_store) if b not in trained_on]
+    return Champion(str(champion.version), trained_on, arrived)
+
+
+def _reference(settings: DataSettings, clean_store: Engine, champion: Champion) -> pd.DataFrame:
+    reference = read_split(clean_store, "train", champion.trained_on)
+    if len(reference) > settings.drift_reference_rows:
+        reference = reference.sample(settings.drift_reference_rows, random_state=settings.random_seed)
+    return reference
+
+
+def _drift_reason(settings: DataSettings, result: DriftResult, where: str) -> str:
+    return (f"data drift {where}: {result.drifted} of {len(result.features)} features drifted "
+            f"({result.share:.0%} >= {settings.drift_share_threshold:.0%}): " + ", ".join(result.drifted_features()))
+
+
+def _finish(settings: DataSettings, clean_store: Engine, check: DriftCheck, result: DriftResult) -> DriftCheck:
+    """Log a measured check to MLflow, record it, push it."""
+    check.mlflow_run_id = _log_to_mlflow(settings, check, result)
+    check.check_id = _record(settings, clean_store, check, result)
+    check.pushed = push_check(settings, check, result)
+    return check
+
+
+def check_drift(settings: DataSettings, clean_store: Engine, champion: Champion | None = None) -> DriftCheck:
+    """The drift check of the batches that arrived after the champion (population ``batches``); see the
+    module's doc. ``champion``: from ``champion_batches`` (asked of MLflow when not given)."""
+    champion = champion or champion_batches(settings, clean_store)
+    if champion is None:
+        return DriftCheck(skipped="no champion yet")
+    version, source = champion.version, champion.arrived_source
     reasons = arrival_drops(settings, clean_store, version)
-    source = "batches " + ",".join(arrived) if arrived else "none"
-    current = read_split(clean_store, "train", arrived) if arrived else pd.DataFrame()
+    current = read_split(clean_store, "train", champion.arrived) if champion.arrived else pd.DataFrame()
     if len(current) < MIN_ROWS:
-        check = DriftCheck(version, source, retrain=bool(reasons), reasons=reasons,
+        check = DriftCheck(version, source, retrain=bool(reasons), reasons=reasons, arrived=source,
                            skipped=f"{len(current)} encounters arrived since the champion was trained: fewer than "
                                    f"{MIN_ROWS}, drift is not measured")
         if reasons:  # recorded: retraining is advised all the same (and triggered once)
@@ -124,27 +184,111 @@ def check_drift(settings: DataSettings, clean_store: Engine) -> DriftCheck:
                                      DriftResult(0.0, 0, [], reference_rows=0, current_rows=len(current)))
         check.pushed = push_check(settings, check)
         return check
-    reference = read_split(clean_store, "train", trained_on)
-    if len(reference) > settings.drift_reference_rows:
-        reference = reference.sample(settings.drift_reference_rows, random_state=settings.random_seed)
-    result = compare(reference, current)
+    result = compare(_reference(settings, clean_store, champion), current)
     if result.share >= settings.drift_share_threshold:
-        reasons.insert(0, f"data drift: {result.drifted} of {len(result.features)} features drifted "
-                          f"({result.share:.0%} >= {settings.drift_share_threshold:.0%}): "
-                          + ", ".join(result.drifted_features()))
-    check = DriftCheck(version, source, result.share, result.drifted_features(), bool(reasons), reasons)
-    check.mlflow_run_id = _log_to_mlflow(settings, check, result)
-    check.check_id = _record(settings, clean_store, check, result)
-    check.pushed = push_check(settings, check, result)
-    return check
+        reasons.insert(0, _drift_reason(settings, result, "in the batches that arrived"))
+    check = DriftCheck(version, source, result.share, result.drifted_features(), bool(reasons), reasons,
+                       arrived=source)
+    return _finish(settings, clean_store, check, result)
+
+
+def recent_predictions(settings: DataSettings, predictions_store: Engine) -> tuple[pd.DataFrame, str]:
+    """The encounters the API scored in the last ``DRIFT_PREDICTION_HOURS`` (at most ``LIVE_MAX_ROWS`` of the
+    latest), each encounter once (its latest answer; rows without an encounter_id all count), as a frame of
+    the contract's input columns; and a description of the window."""
+    from readmit_contract.prediction_log import encounters_frame, prediction_log
+
+    since = utcnow() - timedelta(hours=settings.drift_prediction_hours)
+    query = (select(prediction_log.c.encounter_id, prediction_log.c.encounter, prediction_log.c.predicted_at)
+             .where(prediction_log.c.model_name == settings.model_name, prediction_log.c.scored.is_(True),
+                    prediction_log.c.predicted_at >= since)
+             .order_by(prediction_log.c.id.desc()).limit(LIVE_MAX_ROWS))
+    with predictions_store.connect() as conn:
+        rows = conn.execute(query).all()
+    seen: set[int] = set()
+    texts, first, last = [], None, None
+    for encounter_id, text, predicted_at in rows:
+        if encounter_id is not None:
+            if encounter_id in seen:
+                continue
+            seen.add(encounter_id)
+        texts.append(text)
+        first = predicted_at if first is None or predicted_at < first else first
+        last = predicted_at if last is None or predicted_at > last else last
+    window = (f"predictions {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC ({len(texts)} encounters)"
+              if texts else f"predictions of the last {settings.drift_prediction_hours:g} h (none)")
+    return encounters_frame(texts), window
+
+
+def check_live_drift(settings: DataSettings, clean_store: Engine, predictions_store: Engine,
+                     champion: Champion | None = None) -> DriftCheck:
+    """The drift check of the live traffic (population ``predictions``); see the module's doc."""
+    from readmit_contract.prediction_log import metadata as predictions_metadata
+
+    champion = champion or champion_batches(settings, clean_store)
+    if champion is None:
+        return DriftCheck(skipped="no champion yet", population="predictions")
+    predictions_metadata.create_all(predictions_store)  # the API may not have logged anything yet
+    current, window = recent_predictions(settings, predictions_store)
+    base = {"population": "predictions", "arrived": champion.arrived_source}
+    if len(current) < MIN_ROWS:
+        check = DriftCheck(champion.version, window, **base,
+                           skipped=f"{len(current)} encounters scored in the last "
+                                   f"{settings.drift_prediction_hours:g} h: fewer than {MIN_ROWS}, drift is not "
+                                   "measured")
+        check.pushed = push_check(settings, check)
+        return check
+    result = compare(_reference(settings, clean_store, champion), current)
+    check = DriftCheck(champion.version, window, result.share, result.drifted_features(), **base)
+    if result.share >= settings.drift_share_threshold:
+        reason = _drift_reason(settings, result, "in the encounters scored")
+        if champion.arrived:
+            check.retrain, check.reasons = True, [reason]
+        else:  # recorded and alerted on; a retraining would learn from the same rows
+            check.reasons = [reason + "; not retrained: no batch has arrived since the champion was trained (load "
+                                      "recent encounters with their outcomes)"]
+    return _finish(settings, clean_store, check, result)
+
+
+def prune_predictions(settings: DataSettings, predictions_store: Engine, chunk: int = 10_000) -> int:
+    """Delete logged predictions older than ``PREDICTION_LOG_RETENTION_DAYS``, in chunks (short transactions
+    beside the API's inserts); returns how many."""
+    from readmit_contract.prediction_log import metadata as predictions_metadata
+    from readmit_contract.prediction_log import prediction_log
+
+    predictions_metadata.create_all(predictions_store)
+    cutoff = utcnow() - timedelta(days=settings.prediction_log_retention_days)
+    deleted = 0
+    while True:
+        with predictions_store.begin() as conn:
+            ids = conn.execute(select(prediction_log.c.id).where(prediction_log.c.predicted_at < cutoff)
+                               .order_by(prediction_log.c.id).limit(chunk)).scalars().all()
+            if not ids:
+                return deleted
+            deleted += conn.execute(prediction_log.delete().where(prediction_log.c.id.in_(ids))).rowcount
+
+
+def monitor(settings: DataSettings, clean_store: Engine) -> list[DriftCheck]:
+    """Both checks of one monitor_drift run (the live one when ``PREDICTIONS_DB_URL`` is set), on one reading of
+    who the champion is."""
+    champion = champion_batches(settings, clean_store)
+    checks = [check_drift(settings, clean_store, champion)]
+    if champion is not None and settings.predictions_db_url:
+        predictions_store = make_engine(settings.predictions_db_url)
+        try:
+            checks.append(check_live_drift(settings, clean_store, predictions_store, champion))
+        finally:
+            predictions_store.dispose()
+    return checks
 
 
 PUSH_JOB = "readmit_monitor"
 
 
 def push_check(settings: DataSettings, check: DriftCheck, result: DriftResult | None = None) -> bool:
-    """Push a check's figures to ``PUSHGATEWAY_URL`` (job ``readmit_monitor``, replacing the previous push), for
-    Prometheus, its alert rules and Grafana:
+    """Push a check's figures to ``PUSHGATEWAY_URL`` (job ``readmit_monitor``, grouped by ``population``:
+    each push replaces the previous one of its population), for Prometheus, its alert rules and Grafana; every
+    series is labelled model_name, model_version and population:
 
     - ``readmit_drift_share`` and ``readmit_drift_share_threshold`` (ReadmitDataDrift fires when the first reaches
       the second), ``readmit_drift_features_drifted``;
@@ -161,7 +305,8 @@ def push_check(settings: DataSettings, check: DriftCheck, result: DriftResult | 
     if not settings.pushgateway_url:
         return False
     registry = CollectorRegistry()
-    labels = {"model_name": settings.model_name, "model_version": str(check.model_version)}
+    labels = {"model_name": settings.model_name, "model_version": str(check.model_version),
+              "population": check.population}
     names = list(labels)
 
     def gauge(name: str, doc: str, value: float, extra: dict[str, str] | None = None) -> None:
@@ -184,7 +329,8 @@ def push_check(settings: DataSettings, check: DriftCheck, result: DriftResult | 
             score.labels(**labels, feature=feature.feature, method=feature.method).set(feature.score)
             drifted.labels(**labels, feature=feature.feature).set(1.0 if feature.drifted else 0.0)
     try:
-        push_to_gateway(settings.pushgateway_url, job=PUSH_JOB, registry=registry, timeout=10)
+        push_to_gateway(settings.pushgateway_url, job=PUSH_JOB, registry=registry, timeout=10,
+                        grouping_key={"population": check.population})
     except OSError as exc:  # refused, unreachable, timeout, HTTP error (urllib's errors are OSErrors)
         log.warning("the drift check's figures could not be pushed to the Pushgateway: %s", type(exc).__name__)
         return False
@@ -199,7 +345,8 @@ def source_key(source: str) -> str:
 
 
 def already_triggered(settings: DataSettings, clean_store: Engine, version: str | None, source: str) -> bool:
-    """Whether a check of this champion on these arrived batches already triggered retraining."""
+    """Whether a check of this champion, with these arrived batches (``DriftCheck.arrived``), already triggered
+    retraining (either population)."""
     query = select(drift_checks.c.check_id).where(
         drift_checks.c.model_name == settings.model_name, drift_checks.c.model_version == str(version),
         drift_checks.c.current_key == source_key(source), drift_checks.c.triggered == 1)
@@ -219,7 +366,8 @@ def _record(settings: DataSettings, clean_store: Engine, check: DriftCheck, resu
     with clean_store.begin() as conn:
         check_id = conn.execute(drift_checks.insert().values(
             checked_at=utcnow(), model_name=settings.model_name, model_version=check.model_version,
-            current_source=check.current_source[:255], current_key=source_key(check.current_source),
+            population=check.population, current_source=check.current_source[:255],
+            current_key=source_key(check.arrived or check.current_source),
             reference_rows=result.reference_rows,
             current_rows=result.current_rows, features=len(result.features), drifted=result.drifted,
             share=result.share, retrain=int(check.retrain), reason=check.reason or None,
@@ -247,8 +395,9 @@ def _log_to_mlflow(settings: DataSettings, check: DriftCheck, result: DriftResul
             name = monitoring_experiment(settings)
             experiment = client.get_experiment_by_name(name)
             experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
-            run = client.create_run(experiment_id, run_name=f"drift v{check.model_version}",
-                                    tags={"monitoring": "drift", "model_name": settings.model_name,
+            run = client.create_run(experiment_id, run_name=f"drift v{check.model_version} {check.population}",
+                                    tags={"monitoring": "drift", "population": check.population,
+                                          "model_name": settings.model_name,
                                           "model_version": str(check.model_version),
                                           "current": check.current_source[:5000],
                                           "retrain": str(check.retrain).lower(), "reason": check.reason[:5000]})

@@ -62,6 +62,15 @@ class DataSettings(BaseSettings):
     pushgateway_url: str = Field("", validation_alias="PUSHGATEWAY_URL")
     """Prometheus Pushgateway the drift checks push their figures to (``readmit_data.monitor.push_check``);
     empty: not pushed."""
+    predictions_db_url: str = Field("", validation_alias="PREDICTIONS_DB_URL")
+    """The Predictions store the API logs every answer to (``readmit_contract.prediction_log``): monitor_drift
+    compares its recent encounters with the champion's training rows and deletes rows past the retention.
+    Empty: no live drift, nothing pruned."""
+    prediction_log_retention_days: float = Field(180.0, gt=0, validation_alias="PREDICTION_LOG_RETENTION_DAYS")
+    """Logged predictions older than this are deleted by monitor_drift."""
+    drift_prediction_hours: float = Field(24.0, gt=0, validation_alias="DRIFT_PREDICTION_HOURS")
+    """The live drift check reads the predictions of this many hours before it (each encounter once: its
+    latest answer)."""
     mlflow_http_request_timeout: int = Field(30, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
     """Seconds MLflow's client waits for an answer (MLflow's own variable; its default, 120, is lifted here)."""
     mlflow_http_request_max_retries: int = Field(3, ge=0, le=10, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")

@@ -17,8 +17,9 @@ CleanData (typed, cleaned by preprocess_incremental):
                    (readmit_contract.history; refreshed for the patients of each cleaned batch)
   arrival_performance  per cleaned batch and champion version, what the champion achieved on it
                    before any retraining (readmit_data.arrival)
-  drift_checks     one row per drift check (readmit_data.monitor): champion, rows compared, share of
-                   drifted features, whether it asked for retraining and why
+  drift_checks     one row per drift check (readmit_data.monitor): champion, population (new batches or
+                   live predictions), rows compared, share of drifted features, whether it asked for
+                   retraining and why
   feature_drift    per check and feature: Evidently's method, score, threshold, drifted
 
 Widths come from the contract: raw values hold ``RAW_MAX_LENGTH`` characters (the raw load rejects a
@@ -193,9 +194,13 @@ drift_checks = Table(
     Column("checked_at", DateTime, nullable=False, index=True),
     Column("model_name", String(191), nullable=False),
     Column("model_version", String(32), nullable=False),
+    Column("population", String(16), nullable=False, server_default="batches"),
+    # "batches": the clean batches that arrived after the champion; "predictions": the live traffic of the
+    # prediction log (readmit_contract.prediction_log)
     Column("current_source", String(255), nullable=False),
     Column("current_key", String(64), nullable=False, index=True),
-    # sha256 of the full list of arrived batches (current_source is cut to 255 characters)
+    # sha256 of the full list of batches that arrived after the champion (what a retraining would add; the
+    # same for both populations of one monitor_drift run; current_source is cut to 255 characters)
     Column("reference_rows", Integer, nullable=False),
     Column("current_rows", Integer, nullable=False),
     Column("features", Integer, nullable=False),
@@ -377,10 +382,13 @@ def migrate_raw(engine: Engine) -> None:
 
 
 def migrate_clean(engine: Engine) -> None:
-    """A CleanData store of a previous version: rejected_rows.source_line (NULL for rows before), and
-    patient_history built for the clean rows it holds."""
+    """A CleanData store of a previous version: rejected_rows.source_line (NULL for rows before),
+    drift_checks.population ("batches" for checks before), and patient_history built for the clean rows it
+    holds."""
     if "source_line" not in _columns(engine, "rejected_rows"):
         _add_column(engine, "rejected_rows", "source_line", "INTEGER")
+    if "population" not in _columns(engine, "drift_checks"):
+        _add_column(engine, "drift_checks", "population", "VARCHAR(16) NOT NULL DEFAULT 'batches'")
     from .history_store import backfill_history
 
     backfill_history(engine)
