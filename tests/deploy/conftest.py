@@ -225,3 +225,37 @@ def run_playbook(tmp_path: Path, playbook: str, extra_vars: dict[str, Any] | Non
         command += ["-e", f"@{vars_file}"]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**ansible_env(tmp_path), **(env or {})}, cwd=tmp_path)
+
+
+# -- mysql-data on a private MariaDB (tests/deploy/mariadb.py) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mariadb(tmp_path_factory):
+    """A private MariaDB standing in for MySQL mysql-data (one per module; nothing set up on it yet)."""
+    from .mariadb import missing_binaries, running_mariadb
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"MariaDB is not installed (no {', '.join(missing)}); .ci/run installs mariadb-server")
+    with running_mariadb(tmp_path_factory.mktemp("mysql-data")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def manifests(all_objects):
+    """The whole platform's rendered manifests, as the three-host test reads them."""
+    from ..e2e.manifests import Manifests
+
+    return Manifests(all_objects)
+
+
+@pytest.fixture(scope="module")
+def secret_values() -> dict[str, dict[str, str]]:
+    """A value for every key of every Secret the playbook creates (letters and digits, as drawn)."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_letters + string.digits
+    return {name: {key: "".join(secrets.choice(alphabet) for _ in range(32)) for key in keys}
+            for name, keys in created_secrets().items()}

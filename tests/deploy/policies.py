@@ -179,6 +179,8 @@ K8S_REFERENCE = re.compile(r"^\$\([A-Za-z_][A-Za-z0-9_]*\)$")
 SHELL_REFERENCE = re.compile(r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$")
 NAMED_REFERENCES = re.compile(r"^[a-z0-9_-]{1,32}:\$\([A-Za-z_][A-Za-z0-9_]*\)(,[a-z0-9_-]{1,32}:\$\([A-Za-z_][A-Za-z0-9_]*\))*$")
 """A list of name:$(VAR) pairs (the API's keys: each value a reference to a Secret)."""
+GRAFANA_REFERENCE = re.compile(r"^\$__(env|file)\{[^{}\s]+\}$")
+"""Grafana's provisioning expanders: $__env{VAR} (an environment variable), $__file{/path} (a mounted file)."""
 PASSWORD_FLAG = re.compile(r"^(--password=|-p)(.+)$")
 SQL_IDENTIFIED_BY = re.compile(r"IDENTIFIED\s+(?:WITH\s+\S+\s+)?BY\s+'([^']*)'", re.IGNORECASE)
 KEY_VALUE_LINE = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*[:=]\s*(.*?)\s*$")
@@ -190,7 +192,8 @@ def is_sensitive_name(name: str) -> bool:
 
 def is_reference(value: str) -> bool:
     value = value.strip().strip("'\"")
-    return bool(K8S_REFERENCE.match(value) or SHELL_REFERENCE.match(value) or NAMED_REFERENCES.match(value))
+    return bool(K8S_REFERENCE.match(value) or SHELL_REFERENCE.match(value) or NAMED_REFERENCES.match(value)
+                or GRAFANA_REFERENCE.match(value))
 
 
 def plaintext_in_text(text: str) -> list[str]:

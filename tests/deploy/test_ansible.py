@@ -286,11 +286,14 @@ def test_secrets_are_generated_once_kept_private_and_applied_idempotently(tmp_pa
                            ("ui-login", "ui"), ("locust-login", "locust")):
         assert applied[secret] == {"username": values[f"{prefix}_user"], "password": values[f"{prefix}_password"]}
     assert applied["api-keys"] == {caller: values[f"api_key_{caller}"] for caller in ("ui", "locust", "hospital")}
-    # MySQL mysql-data's users, the API's read-only one (patient history) among them.
+    # MySQL mysql-data's users: the API's read-only one (patient history), its prediction log's writer and
+    # Grafana's monitoring reader among them.
     assert applied["mysql-data"] == {"root-password": values["mysql_data_root_password"],
                                      "readmit-password": values["mysql_data_readmit_password"],
                                      "airflow-password": values["mysql_data_airflow_password"],
-                                     "history-password": values["mysql_data_history_password"]}
+                                     "history-password": values["mysql_data_history_password"],
+                                     "prediction-writer-password": values["mysql_data_prediction_writer_password"],
+                                     "grafana-reader-password": values["mysql_data_grafana_reader_password"]}
     # The ingress' certificate: a TLS Secret for *.DOMAIN, with its own key.
     assert applied["readmit-tls"] == {"tls.crt": values["tls_certificate"], "tls.key": values["tls_private_key"]}
     types = secret_types(state_file)
@@ -403,10 +406,14 @@ def test_rotation_changes_the_database_users_first_then_the_secrets(tmp_path):
     assert f"ALTER USER 'readmit'@'%' IDENTIFIED WITH mysql_native_password BY '{new['mysql_data_readmit_password']}'" \
         in data_sql
     assert f"'root'@'%' IDENTIFIED BY '{new['mysql_data_root_password']}'" in data_sql
-    # history_reader is made by the deploy's Job, after this role: skipped when it does not exist yet
-    # (an upgrade that rotates at once), so that the other users' changes are not left half done.
-    assert f"ALTER USER IF EXISTS 'history_reader'@'%' IDENTIFIED WITH mysql_native_password BY " \
-           f"'{new['mysql_data_history_password']}'" in data_sql
+    # history_reader, prediction_writer and grafana_reader are made by the deploy's Job, after this role:
+    # skipped when they do not exist yet (an upgrade that rotates at once), so that the other users' changes
+    # are not left half done.
+    for user, key in (("history_reader", "mysql_data_history_password"),
+                      ("prediction_writer", "mysql_data_prediction_writer_password"),
+                      ("grafana_reader", "mysql_data_grafana_reader_password")):
+        assert f"ALTER USER IF EXISTS '{user}'@'%' IDENTIFIED WITH mysql_native_password BY '{new[key]}'" \
+            in data_sql, user
     assert "ALTER USER IF EXISTS 'readmit'" not in data_sql
     assert f"'mlflow'@'%' IDENTIFIED WITH mysql_native_password BY '{new['mysql_tracking_mlflow_password']}'" \
         in execs["statefulset/mysql-tracking"]

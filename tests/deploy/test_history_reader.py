@@ -22,14 +22,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
-import socket
-import string
 import subprocess
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +31,23 @@ import pytest
 
 from ..e2e.manifests import Container, Manifests
 from . import reachability as r
-from .conftest import REPO_ROOT, VENV_BIN, created_secrets, role_defaults
+from .conftest import VENV_BIN, created_secrets, role_defaults
+from .mariadb import (
+    INIT_SCRIPT,
+    JOB,
+    MYSQL_INITDB,
+    fresh_install,
+    here,
+    init_statements,
+    mysql_error,
+    privileges,
+    run_job,
+)
 from .test_network_policies import AROUND
 
-INIT_SCRIPT = REPO_ROOT / "server1-data" / "k8s" / "mysql-data-init.sh"
 USER = "history_reader"
 TABLE = "cleandata.clean_encounters"
 SECRET, KEY, SECRET_VALUE = "mysql-data", "history-password", "mysql_data_history_password"
-MYSQL_INITDB = "/docker-entrypoint-initdb.d"  # where the mysql image runs init scripts from
-JOB = "mysql-data-setup"
-# MariaDB spells this MySQL clause differently (its default plugin is the native one).
-MYSQL_TO_MARIADB = "s/IDENTIFIED WITH mysql_native_password BY/IDENTIFIED BY/g"
 
 
 # -- the secret -----------------------------------------------------------------------------------------------
@@ -70,14 +70,6 @@ def test_the_password_is_drawn_rotated_and_given_to_the_pods_as_a_secret_key():
 # -- the grant ------------------------------------------------------------------------------------------------
 
 
-def init_statements() -> list[str]:
-    """The SQL statements of mysql-data-init.sh (its one heredoc), whitespace collapsed."""
-    text = INIT_SCRIPT.read_text()
-    heredoc = re.search(r"<<SQL\n(.*?)\nSQL\n", text, re.DOTALL)
-    assert heredoc, "mysql-data-init.sh has no <<SQL heredoc"
-    return [" ".join(s.split()) for s in heredoc.group(1).split(";") if s.strip()]
-
-
 IDEMPOTENT = re.compile(r"^(CREATE (DATABASE|USER) IF NOT EXISTS |GRANT |REVOKE |FLUSH PRIVILEGES$"
                         r"|ALTER USER '[^']+'@'[^']+' WITH (MAX_\w+ \d+ ?)+$)")
 
@@ -96,20 +88,7 @@ def test_the_init_script_grants_select_on_clean_encounters_only():
     created = [s for s in statements if s.startswith(f"CREATE USER IF NOT EXISTS '{USER}'@'%'")]
     assert created == [f"CREATE USER IF NOT EXISTS '{USER}'@'%' IDENTIFIED WITH mysql_native_password "
                        "BY '${HISTORY_DB_PASSWORD}'"]
-    privileges: dict[str, set[str]] = {}
-    for statement in statements:
-        found = re.match(rf"^(GRANT|REVOKE) (.+?) ON (\S+) (TO|FROM) '{USER}'@'%'(.*)$", statement)
-        if found is None:
-            assert USER not in statement or statement.startswith(("CREATE USER", "ALTER USER")), statement
-            continue
-        verb, names, target, _, rest = found.groups()
-        assert rest == "", f"{statement}: no GRANT OPTION or other clause"
-        names = {n.strip().upper() for n in names.split(",")}
-        if verb == "GRANT":
-            privileges.setdefault(target, set()).update(names)
-        else:
-            privileges[target] = privileges.get(target, set()) - names
-    assert {t: p for t, p in privileges.items() if p} == {TABLE: {"SELECT"}}
+    assert privileges(USER, statements) == {TABLE: {"SELECT"}}
 
 
 # -- the manifests ---------------------------------------------------------------------------------------------
@@ -122,19 +101,6 @@ def env_entries(container: Container) -> dict[str, dict[str, Any]]:
 def secret_ref(entry: Mapping[str, Any]) -> tuple[str, str] | None:
     ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
     return (ref["name"], ref["key"]) if ref else None
-
-
-@pytest.fixture(scope="module")
-def manifests(all_objects) -> Manifests:
-    return Manifests(all_objects)
-
-
-@pytest.fixture(scope="module")
-def secret_values() -> dict[str, dict[str, str]]:
-    """A value for every key of every Secret the playbook creates (letters and digits, as drawn)."""
-    alphabet = string.ascii_letters + string.digits
-    return {name: {key: "".join(secrets.choice(alphabet) for _ in range(32)) for key in keys}
-            for name, keys in created_secrets().items()}
 
 
 def api_container(manifests: Manifests) -> Container:
@@ -189,7 +155,8 @@ def test_the_setup_job_runs_the_statefulsets_init_script_with_the_same_variables
 
 
 def test_the_api_may_reach_mysql_data_and_the_data_node_nothing_more_from_node_3(rendered, all_objects):
-    """The new paths (api and the Job to mysql-data:3306) are open; nothing else of node 3 reaches node 1."""
+    """The new paths (api and the Job to mysql-data:3306) are open; nothing else of node 3 reaches node 1's
+    pods but Grafana's monitoring reader."""
     policies = r.network_policies(all_objects)
     platform = [p for folder in rendered for p in r.platform_pods(rendered[folder].objects)]
     allowed = r.matrix([*platform, *AROUND], policies)
@@ -197,87 +164,15 @@ def test_the_api_may_reach_mysql_data_and_the_data_node_nothing_more_from_node_3
     assert ("mysql-data-setup", "mysql-data:3306") in allowed
     serving = {p.name for p in r.platform_pods(rendered["server3-serving"].objects)}
     data = {p.name for p in r.platform_pods(rendered["server1-data"].objects)}
-    assert {(s, d) for s, d in allowed if s in serving and d.split(":")[0] in data} == {("api", "mysql-data:3306")}
+    # (and Grafana's monitoring reader: tests/deploy/test_monitoring_identities.py)
+    assert {(s, d) for s, d in allowed if s in serving and d.split(":")[0] in data} == {
+        ("api", "mysql-data:3306"), ("grafana", "mysql-data:3306")}
     assert {d for s, d in allowed if s == "api"} == {"mlflow:5000", "mysql-data:3306", "kube-dns:53", "kube-dns:53/UDP"}
     assert {d for s, d in allowed if s == JOB} == {"mysql-data:3306", "kube-dns:53", "kube-dns:53/UDP"}
     assert not {s for s, d in allowed if d.startswith(f"{JOB}:")}, "nothing connects to the Job"
 
 
 # -- the real thing: MariaDB -----------------------------------------------------------------------------------
-
-
-def tool(name: str) -> str | None:
-    return shutil.which(name) or next((str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name)
-                                       if p.exists()), None)
-
-
-@dataclass
-class MariaDB:
-    """A private MariaDB server on 127.0.0.1 (its own data folder, socket and port)."""
-
-    client: str
-    socket: Path
-    port: int
-
-    def root(self, sql: str, password: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([self.client, "--no-defaults", "--protocol=socket", f"--socket={self.socket}",
-                               "--user=root", "--batch", "--skip-column-names"], input=sql, text=True,
-                              capture_output=True, timeout=60, env={**os.environ, "MYSQL_PWD": password})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mariadb(tmp_path_factory) -> Iterator[MariaDB]:
-    binaries = {name: tool(name) for name in ("mariadbd", "mariadb-install-db", "mariadb")}
-    if not all(binaries.values()):
-        pytest.skip(f"MariaDB is not installed ({binaries}); .ci/run installs mariadb-server")
-    root = tmp_path_factory.mktemp("history-mariadb")
-    as_root = ["--user=root"] if os.geteuid() == 0 else []
-    installed = subprocess.run([binaries["mariadb-install-db"], "--no-defaults", f"--datadir={root / 'data'}",
-                                "--auth-root-authentication-method=normal", "--skip-test-db", *as_root],
-                               capture_output=True, text=True, timeout=120)
-    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
-    server = MariaDB(binaries["mariadb"], root / "mysqld.sock", free_port())
-    log = (root / "mariadbd.log").open("w")
-    process = subprocess.Popen([binaries["mariadbd"], "--no-defaults", f"--datadir={root / 'data'}",
-                                f"--socket={server.socket}", f"--pid-file={root / 'mariadbd.pid'}",
-                                f"--port={server.port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
-                                "--skip-log-bin", "--innodb-buffer-pool-size=64M", *as_root],
-                               stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while server.root("SELECT 1").returncode != 0:
-            assert process.poll() is None, (root / "mariadbd.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "MariaDB did not start in 60 s"
-            time.sleep(0.5)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-
-
-def mysql_error(exc: BaseException) -> int:
-    orig = getattr(exc, "orig", None)
-    return int(orig.args[0]) if orig is not None and orig.args else -1
-
-
-def here(url: str, port: int) -> str:
-    """A URL of the manifests (mysql-data:3306) pointed at the test server."""
-    from sqlalchemy import make_url
-
-    parsed = make_url(url)
-    assert (parsed.host, parsed.port) == ("mysql-data", 3306), url
-    return parsed.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
 
 
 def assert_reads_clean_encounters_only(url: str, tables_exist: bool) -> None:
@@ -320,43 +215,6 @@ def assert_reads_clean_encounters_only(url: str, tables_exist: bool) -> None:
         engine.dispose()
 
 
-def run_job(manifests: Manifests, server: MariaDB, secret_values, scratch: Path) -> subprocess.CompletedProcess:
-    """The Job's own command line and environment, as the kubelet gives them; its ConfigMap's files in a
-    scratch folder at its mount path, and a `mysql` first on PATH that is MariaDB's client at the address
-    the Job names (and only that one: mysql-data:3306), with the SQL spelled for MariaDB."""
-    (job,) = [c for c in manifests.containers() if c.workload_name == JOB]
-    env = manifests.environment(job, secret_values)
-    argv = manifests.argv(job, env)
-    for mount_path, files in manifests.config_map_mounts(job).items():
-        folder = scratch / "mounts" / mount_path.strip("/")
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, content in files.items():
-            (folder / name).write_text(content)
-        argv = [a.replace(mount_path, str(folder)) for a in argv]
-    bin_dir = scratch / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    wrapper = bin_dir / "mysql"
-    wrapper.write_text(f"""#!/bin/bash
-# MariaDB's client standing in for MySQL's, at the address of Service mysql-data.
-args=()
-host= port=
-for arg in "$@"; do
-  case "$arg" in
-    --host=mysql-data) host=1; arg=--host=127.0.0.1 ;;
-    --port=3306) port=1; arg=--port={server.port} ;;
-    --host=*|--port=*|-h*|-P*) echo "mysql: unexpected address $arg" >&2; exit 2 ;;
-  esac
-  args+=("$arg")
-done
-[ -n "$host" ] && [ -n "$port" ] || {{ echo "mysql: no --host=mysql-data --port=3306" >&2; exit 2; }}
-sed -e '{MYSQL_TO_MARIADB}' | exec {server.client} --no-defaults "${{args[@]}}"
-""")
-    wrapper.chmod(0o755)
-    run_env = {**env, "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", "HOME": str(scratch)}
-    return subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=120, cwd=scratch)
-
-
 def pipeline(command: list[str], data_env: Mapping[str, str], port: int, scratch: Path) -> None:
     """readmit-data as the DAG tasks run it (user readmit, their store URLs), on the test server."""
     env = {**os.environ, "RAW_DB_URL": here(data_env["RAW_DB_URL"], port),
@@ -369,30 +227,7 @@ def pipeline(command: list[str], data_env: Mapping[str, str], port: int, scratch
 @pytest.mark.slow
 def test_fresh_install_and_day_two_give_the_api_select_on_clean_encounters_only(
         mariadb, manifests, secret_values, tmp_path):
-    server_container = manifests.container(service="mysql-data")
-    server_env = manifests.environment(server_container, secret_values)
-    root_password = server_env["MYSQL_ROOT_PASSWORD"]
-    # What the mysql image's entrypoint does on an empty data folder: root's password, root@localhost
-    # and root@'%' only (the image's MYSQL_ROOT_HOST; MariaDB's installer adds others without a
-    # password), then each init script, sourced, with its docker_process_sql.
-    others = mariadb.root("SELECT host FROM mysql.user WHERE user = 'root' AND host <> 'localhost';").stdout.split()
-    done = mariadb.root("".join(f"DROP USER 'root'@'{host}';\n" for host in others)
-                        + f"ALTER USER 'root'@'localhost' IDENTIFIED BY '{root_password}';\n"
-                        f"CREATE USER 'root'@'%' IDENTIFIED BY '{root_password}';\n"
-                        "GRANT ALL PRIVILEGES ON *.* TO 'root'@'%' WITH GRANT OPTION;\n")
-    assert done.returncode == 0, done.stderr
-    scripts = manifests.volume_config_map(server_container, MYSQL_INITDB)
-    (tmp_path / "initdb").mkdir()
-    for name, content in scripts.items():
-        (tmp_path / "initdb" / name).write_text(content)
-    shim = ("docker_process_sql() { sed -e \"$SQL_SED\" | MYSQL_PWD=\"$MYSQL_ROOT_PASSWORD\" "
-            f"{mariadb.client} --no-defaults --protocol=socket --socket={mariadb.socket} --user=root "
-            "--comments \"$@\"; }\nset -eo pipefail\n. \"$1\"\n")
-    for name in sorted(scripts):
-        ran = subprocess.run(["/bin/bash", "-c", shim, "bash", str(tmp_path / "initdb" / name)],
-                             env={**os.environ, **server_env, "SQL_SED": MYSQL_TO_MARIADB},
-                             capture_output=True, text=True, timeout=120)
-        assert ran.returncode == 0, f"{name}: {ran.stdout}\n{ran.stderr}"
+    root_password = fresh_install(mariadb, manifests, secret_values, tmp_path)
 
     api_url = here(manifests.environment(api_container(manifests), secret_values)["HISTORY_DB_URL"], mariadb.port)
     # Fresh install: the user and its grant exist before the pipeline's tables do.

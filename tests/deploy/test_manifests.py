@@ -32,11 +32,11 @@ FOLDERS = [s.folder for s in deploy_servers()]
 EXPECTED_SERVICES = {
     "server1-data": {"mysql-data", "airflow-api", "jupyter"},
     "server2-tracking": {"mysql-tracking", "minio", "mlflow"},
-    "server3-serving": {"api", "ui", "prometheus", "grafana", "locust"},
+    "server3-serving": {"api", "ui", "prometheus", "pushgateway", "grafana", "locust"},
 }
 # Images whose containers keep state: it must sit on a PersistentVolumeClaim.
 STATEFUL_IMAGES = ("docker.io/library/mysql:", "quay.io/minio/minio:", "docker.io/prom/prometheus:",
-                   "docker.io/grafana/grafana:")
+                   "quay.io/prometheus/pushgateway:", "docker.io/grafana/grafana:")
 
 
 def test_kubernetes_version_is_covered_offline():
@@ -318,6 +318,7 @@ def test_monitoring_config_maps_carry_the_repository_files(rendered):
         ("prometheus-config", "prometheus.yml"): "monitoring/prometheus.yml",
         ("prometheus-config", "rules.yml"): "monitoring/rules.yml",
         ("grafana-datasources", "prometheus.yml"): "monitoring/grafana/datasources/prometheus.yml",
+        ("grafana-datasources", "cleandata.yml"): "monitoring/grafana/datasources/cleandata.yml",
         ("grafana-dashboard-provider", "provider.yml"): "monitoring/grafana/dashboards/provider.yml",
     }
     dashboards = sorted((REPO_ROOT / "server3-serving" / "monitoring" / "grafana" / "dashboards").glob("*.json"))
@@ -396,7 +397,7 @@ def test_people_reach_the_pages_through_the_ingress_over_tls(all_objects):
     backends = {path["backend"]["service"]["name"] for i in ingresses for r in i["spec"]["rules"]
                 for path in r["http"]["paths"]}
     assert backends == {"ui", "grafana", "mlflow", "airflow-api", "jupyter", "locust", "api"}
-    assert "prometheus" not in backends and "minio" not in backends
+    assert "prometheus" not in backends and "minio" not in backends and "pushgateway" not in backends
     assert policies.check_ingresses_use_tls(all_objects) == []
 
 
@@ -447,7 +448,8 @@ def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
     serving_aliases = _aliases(ServingSettings)
     overload = {"MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BATCH", "MAX_QUEUED_BATCH_ROWS", "BATCH_SLICE_ROWS",
                 "REQUEST_DEADLINE_MS", "SHED_RETRY_AFTER_MS", "INFERENCE_STUCK_SECONDS",
-                "HISTORY_TIMEOUT_MS", "HISTORY_CACHE_SECONDS"}
+                "HISTORY_TIMEOUT_MS", "HISTORY_CACHE_SECONDS",
+                "PREDICTION_LOG_BUFFER_ROWS", "PREDICTION_LOG_BATCH_ROWS", "PREDICTION_LOG_FLUSH_MS"}
     serving_defaults = ServingSettings.model_construct()
     embedded = _embedded_env()
     for alias in overload:
@@ -458,3 +460,51 @@ def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
         assert float(embedded[alias]) == float(getattr(defaults, data_aliases[alias])), alias
     # the API's model watcher keeps its own, shorter MLflow limits: the embedded file must not override them
     assert not {a for a in embedded if a.startswith("MLFLOW_HTTP")}
+    # monitoring's prediction-log settings (issue 16): written out in the cluster with the code's defaults
+    for alias in ("DRIFT_PREDICTION_HOURS", "PREDICTION_LOG_RETENTION_DAYS"):
+        assert alias in data_aliases, f"{alias} is no DataSettings field"
+        assert float(data[alias]) == float(getattr(defaults, data_aliases[alias])), alias
+
+
+# -- model monitoring (issue 16): the Pushgateway on node 3 --------------------------------------------------
+
+
+def _workload(rendered, folder: str, kind: str, name: str) -> dict:
+    (found,) = [o for o in policies.of_kind(rendered[folder].objects, kind) if o["metadata"]["name"] == name]
+    return found
+
+
+def test_the_pushgateway_is_pinned_read_only_and_keeps_the_last_push_on_a_volume(rendered):
+    """quay.io's image at a release tag; a read-only root file system; --persistence.file on its claim (so a
+    restart still serves the last check); one pod at a time (Recreate: never two writers of that file); its
+    admin and lifecycle APIs off; probes on /-/healthy and /-/ready."""
+    deployment = _workload(rendered, "server3-serving", "Deployment", "pushgateway")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert re.fullmatch(r"quay\.io/prometheus/pushgateway:v\d+\.\d+\.\d+", container["image"]), container["image"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    args = dict(a.split("=", 1) for a in container["args"])
+    assert not {"--web.enable-admin-api", "--web.enable-lifecycle"} & set(args)
+    assert args["--web.listen-address"] == ":9091"
+    persistence = Path(args["--persistence.file"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mounts[str(persistence.parent)]]
+    claim_name = volume["persistentVolumeClaim"]["claimName"]
+    claim = _workload(rendered, "server3-serving", "PersistentVolumeClaim", claim_name)
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/-/healthy"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+    service = _workload(rendered, "server3-serving", "Service", "pushgateway")
+    assert [p["port"] for p in service["spec"]["ports"]] == [9091] and "type" not in service["spec"]
+
+
+def test_prometheus_scrapes_the_pushgateway_with_its_pushed_labels_and_node_1_pushes_there(rendered):
+    """honor_labels: the pushed job (readmit_monitor) and labels (model_name, model_version, population) are what
+    the alert rules and the dashboard select on. Node 1's PUSHGATEWAY_URL names the Service (one namespace)."""
+    config = _monitoring_file("prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "pushgateway"]
+    assert job["honor_labels"] is True
+    assert [t for s in job["static_configs"] for t in s["targets"]] == ["pushgateway:9091"]
+    data = _config_map(rendered, "server1-data", "data-settings")
+    assert data["PUSHGATEWAY_URL"] == "http://pushgateway:9091"

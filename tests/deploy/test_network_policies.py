@@ -89,7 +89,7 @@ def test_the_platforms_pods_are_the_expected_ones(platform):
     assert {p.name for p in platform} == {
         "mysql-data", "mysql-data-setup", "airflow-api", "airflow-scheduler", "airflow-dag-processor", "jupyter",
         "mysql-tracking", "minio", "minio-bucket", "mlflow",
-        "api", "ui", "locust", "prometheus", "grafana"}
+        "api", "ui", "locust", "prometheus", "pushgateway", "grafana"}
     assert all(p.namespace == NAMESPACE for p in platform)
 
 

@@ -265,6 +265,11 @@ def test_a_secret_object_in_the_manifests_fails():
 
 def test_references_and_paths_are_not_passwords():
     assert not policies.plaintext_in_text("PASSWORD=$(DB_PASSWORD)\nTOKEN_FILE=/run/token\nURL=http://u:${P}@h:1/x")
+    # Grafana's provisioning files: the environment's value, or a mounted file's
+    assert not policies.plaintext_in_text("    password: $__env{GRAFANA_READER_DB_PASSWORD}\n"
+                                          "    password: $__file{/etc/secrets/password}\n")
+    for literal in ("password: $__env{A}hunter2", "password: $__envy{A}", "password: $__env{A B}"):
+        assert policies.plaintext_in_text(literal), literal
 
 
 @pytest.mark.parametrize("where", ["secretKeyRef-name", "secretKeyRef-key", "envFrom", "volume"])
