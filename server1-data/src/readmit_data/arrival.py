@@ -134,7 +134,8 @@ def score_on_arrival(settings: DataSettings, clean_store: Engine, batches: list[
     done = _recorded(clean_store, settings.model_name, version)
     todo = [b for b in wanted if b not in trained_on and b not in done]
     results = [Arrival(b, version, skipped="the champion was trained on it") for b in wanted if b in trained_on]
-    results += [Arrival(b, version) for b in wanted if b in done and b not in trained_on]
+    results += [Arrival(b, version, skipped="already scored by this champion") for b in wanted
+                if b in done and b not in trained_on]
     if not todo:
         return results
     try:
@@ -174,7 +175,7 @@ def _score_batch(settings: DataSettings, clean_store: Engine, batch_id: str, ver
         with clean_store.begin() as conn:
             conn.execute(arrival_performance.insert().values(**record))
     except IntegrityError:  # scored at the same moment by the other DAG: its row stands
-        return Arrival(batch_id, version)
+        return Arrival(batch_id, version, skipped="already scored by this champion")
     return Arrival(batch_id, version, rows=figures["rows"], roc_auc=figures["roc_auc"],
                    roc_auc_new_patients=figures["roc_auc_new_patients"], brier=figures["brier"],
                    observed_rate=figures["observed_rate"], predicted_rate=figures["predicted_rate"],
