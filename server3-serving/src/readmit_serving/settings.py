@@ -103,6 +103,17 @@ class ServingSettings(BaseSettings):
     """How long one history query may take before the encounter is scored without history."""
     history_cache_seconds: float = Field(300.0, ge=0, validation_alias="HISTORY_CACHE_SECONDS")
     """How long a patient's looked-up encounters are reused."""
+    predictions_db_url: SecretStr | None = Field(None, validation_alias="PREDICTIONS_DB_URL")
+    """The Predictions store every answer is logged to (readmit_contract.prediction_log; MySQL
+    ``mysql+pymysql://`` with an identity that may only INSERT and CREATE, or ``sqlite:///path``). Unset: nothing
+    is logged. A secret: it holds a password."""
+    prediction_log_buffer_rows: int = Field(20_000, ge=1, validation_alias="PREDICTION_LOG_BUFFER_ROWS")
+    """Most predictions waiting to be written; beyond it (the store away that long) new ones are dropped and
+    counted (readmit_api_prediction_log_dropped_total{reason="buffer_full"})."""
+    prediction_log_batch_rows: int = Field(500, ge=1, validation_alias="PREDICTION_LOG_BATCH_ROWS")
+    """Most rows one INSERT writes."""
+    prediction_log_flush_ms: int = Field(200, ge=1, validation_alias="PREDICTION_LOG_FLUSH_MS")
+    """Most time a prediction waits in the buffer before a write of it is started."""
     model_cache_dir: str | None = Field(None, validation_alias="MODEL_CACHE_DIR")
     """Where downloaded model versions are kept (None: a temporary folder)."""
     api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field("", validate_default=True,  # type: ignore[assignment]

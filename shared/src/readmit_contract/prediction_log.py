@@ -32,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import mysql
 
 from .encounter import ENCOUNTER_COLUMNS
 
@@ -50,7 +51,7 @@ prediction_log = Table(
     Column("request_id", String(32), nullable=False),
     Column("position", Integer, nullable=False),
     # UTC, naive (MySQL DATETIME has no zone), microseconds: when the answer was given
-    Column("predicted_at", DateTime, nullable=False),
+    Column("predicted_at", DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False),
     Column("caller", String(64), nullable=True),
     Column("endpoint", String(16), nullable=False),
     Column("model_name", String(191), nullable=False),
@@ -59,7 +60,7 @@ prediction_log = Table(
     Column("patient_nbr", BigInteger, nullable=True),
     Column("encounter", Text, nullable=False),
     Column("scored", Boolean, nullable=False),
-    Column("probability", Float, nullable=True),
+    Column("probability", Float(53), nullable=True),  # double precision (MySQL's FLOAT keeps 6 digits)
     Column("risk_band", String(16), nullable=True),
     Column("reason", Text, nullable=True),
     Column("history", String(32), nullable=True),

@@ -11,6 +11,7 @@ from ..settings import ServingSettings
 from .batching import InferenceScheduler
 from .history import HistoryLookup
 from .model import ModelHolder
+from .prediction_log import PredictionLog
 from .watcher import ModelWatcher
 
 
@@ -21,6 +22,7 @@ class Services:
     scheduler: InferenceScheduler
     watcher: ModelWatcher
     history: HistoryLookup
+    predictions: PredictionLog
 
 
 async def get_services(request: Request) -> Services:

@@ -37,6 +37,7 @@ from .errors import InternalErrorMiddleware, validation_error
 from .history import HistoryLookup
 from .middleware import PrometheusMiddleware
 from .model import ModelHolder
+from .prediction_log import PredictionLog
 from .routes import health, model, predict
 from .watcher import ModelWatcher
 
@@ -53,9 +54,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                                settings.model_poll_seconds, holder, settings.model_cache_dir)
         history = HistoryLookup(settings.history_db_url.get_secret_value() if settings.history_db_url else None,
                                 settings.history_timeout_ms, settings.history_cache_seconds)
+        predictions = PredictionLog(
+            settings.predictions_db_url.get_secret_value() if settings.predictions_db_url else None,
+            settings.prediction_log_buffer_rows, settings.prediction_log_batch_rows, settings.prediction_log_flush_ms)
         metrics.MODEL_LOADED.set(0)
         metrics.MODEL_VERSION.set(0)
-        app.state.services = Services(settings, holder, scheduler, watcher, history)
+        app.state.services = Services(settings, holder, scheduler, watcher, history, predictions)
+        predictions.start()
         watcher.start()
         try:
             yield
@@ -63,6 +68,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             watcher.stop()
             scheduler.shutdown()
             history.close()
+            predictions.close()  # after the last answer: what is buffered is written (within a bound)
 
     app = FastAPI(
         title="Diabetes 30-day readmission API",

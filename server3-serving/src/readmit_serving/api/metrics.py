@@ -81,3 +81,22 @@ for _reason in ("timeout", "error"):
     HISTORY_FAILURES.labels(reason=_reason)
 HISTORY_QUERY_DURATION = Histogram("readmit_api_history_query_duration_seconds",
                                    "Duration of one successful query of the history store", buckets=LATENCY_BUCKETS)
+
+PREDICTION_LOG_WRITTEN = Counter("readmit_api_prediction_log_written_total",
+                                 "Predictions (one per encounter answered) written to the prediction log")
+PREDICTION_LOG_DROPPED = Counter(
+    "readmit_api_prediction_log_dropped_total",
+    "Predictions answered but not written to the prediction log, by reason: buffer_full (the store was away long "
+    "enough to fill PREDICTION_LOG_BUFFER_ROWS), store_error (a row the store refused, after retries), shutdown "
+    "(still buffered when the API stopped)",
+    ["reason"],
+)
+for _reason in ("buffer_full", "store_error", "shutdown"):
+    PREDICTION_LOG_DROPPED.labels(reason=_reason)
+PREDICTION_LOG_BUFFERED = Gauge("readmit_api_prediction_log_buffered_rows",
+                                "Predictions waiting to be written to the prediction log")
+PREDICTION_LOG_WRITE_DURATION = Histogram(
+    "readmit_api_prediction_log_write_duration_seconds",
+    "Duration of one successful batch INSERT into the prediction log (up to PREDICTION_LOG_BATCH_ROWS rows)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

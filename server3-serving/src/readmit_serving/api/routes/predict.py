@@ -3,16 +3,18 @@
 Bodies are strict JSON (``strict_json``); every model call goes through the inference scheduler
 (``batching``), which may refuse a request to keep latency bounded (``admission.Overloaded``: 503).
 ``POST /predict?explain=true`` also explains the risk (``explanations``); without a query string the route does
-nothing more than before.
+nothing more than before. Every answer (200) is buffered for the prediction log (``prediction_log``: an append,
+no I/O) under a fresh request id, which the answer carries as ``X-Request-ID``.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the BatchRequest class built at run time
 
 import math
 import time
+import uuid
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field, create_model
 from readmit_contract import Encounter
@@ -48,10 +50,22 @@ def _prediction(model: LoadedModel, probability: float | None, reason: str | Non
                       model_name=model.name, model_version=model.version)
 
 
-def _explained(prediction: Prediction, explanation: PredictionExplanation | None) -> JSONResponse:
+REQUEST_ID = "X-Request-ID"
+"""The answer's header naming its rows in the prediction log (``request_id``)."""
+REQUEST_ID_HEADER = {REQUEST_ID: {"description": "The answer's id: its rows in the prediction log carry it as "
+                                                 "request_id (uuid4, 32 hex digits)",
+                                  "schema": {"type": "string"}}}
+
+
+def _explained(prediction: Prediction, explanation: PredictionExplanation | None, request_id: str) -> JSONResponse:
     """An answer with its explanation (returned as a response: the route's model, Prediction, would drop it)."""
     body = ExplainedPrediction(**dict(prediction), explanation=explanation)
-    return JSONResponse(body.model_dump(mode="json"))
+    return JSONResponse(body.model_dump(mode="json"), headers={REQUEST_ID: request_id})
+
+
+def _caller(request: Request) -> str | None:
+    """The API-key name of the caller (set by the key check, ``auth.ApiKeyMiddleware``)."""
+    return request.scope.get("state", {}).get("caller")
 
 
 PREDICT_DESCRIPTION = (
@@ -62,13 +76,15 @@ PREDICT_DESCRIPTION = (
     "Encounters ending in death or hospice are not scored (`scored: false`, no explanation)."
 )
 EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": ExplainedPrediction, "description": "The prediction (with `explanation` when explain=true)"},
+    200: {"model": ExplainedPrediction, "description": "The prediction (with `explanation` when explain=true)",
+          "headers": REQUEST_ID_HEADER},
     409: {"model": Message, "description": "explain=true, but the model version served cannot be explained (ask "
                                            "without explain for its prediction)"},
 }
 
 
-async def _predict_explained(record: dict[str, Any], top: int, services: Services, request: Request) -> JSONResponse:
+async def _predict_explained(record: dict[str, Any], top: int, services: Services,
+                             request: Request) -> tuple[Prediction, PredictionExplanation | None]:
     model = services.holder.current
     if model is None:
         raise HTTPException(status_code=503, detail=NO_MODEL)
@@ -81,8 +97,8 @@ async def _predict_explained(record: dict[str, Any], top: int, services: Service
         raise HTTPException(status_code=503, detail=NO_MODEL) from None
     except NotExplainable as exc:
         raise HTTPException(status_code=409, detail=not_explainable(exc.version)) from None
-    return _explained(_prediction(model, probability, history=history),
-                      explanation_body(explanation, top, model.explainer.method))
+    return (_prediction(model, probability, history=history),
+            explanation_body(explanation, top, model.explainer.method))
 
 
 def _uses_history(services: Services) -> bool:
@@ -107,29 +123,39 @@ def build_router(max_batch_size: int) -> APIRouter:
     @router.post("/predict", response_model=Prediction, summary="Risk of 30-day readmission of one encounter",
                  description=PREDICT_DESCRIPTION, responses=EXPLAIN_RESPONSES,
                  openapi_extra={"parameters": EXPLAIN_PARAMETERS})
-    async def predict(encounter: Encounter, services: ServicesDep, request: Request) -> Prediction | JSONResponse:
+    async def predict(encounter: Encounter, services: ServicesDep, request: Request,
+                      response: Response) -> Prediction | JSONResponse:
         top = explain_top(request)  # None: no explanation asked (the parameters are read by hand, see explanations)
         record = encounter.to_record()
         reason = out_of_scope(record)
+        explanation = None
         if reason is not None:
             model = services.holder.current
             if model is None:
                 raise HTTPException(status_code=503, detail=NO_MODEL)
-            prediction = _prediction(model, None, reason)
-            return prediction if top is None else _explained(prediction, None)  # nothing to explain
+            prediction = _prediction(model, None, reason)  # nothing to explain
+        elif top is not None:
+            prediction, explanation = await _predict_explained(record, top, services, request)
+        else:
+            (history,) = await services.history.attach([record], _uses_history(services))
+            try:
+                probability, model = await services.scheduler.predict(record, _deadline(request, services))
+            except NoModelError:
+                raise HTTPException(status_code=503, detail=NO_MODEL) from None
+            prediction = _prediction(model, probability, history=history)
+        request_id = uuid.uuid4().hex
+        services.predictions.add(request_id, "predict", _caller(request), record, prediction)
         if top is not None:
-            return await _predict_explained(record, top, services, request)
-        (history,) = await services.history.attach([record], _uses_history(services))
-        try:
-            probability, model = await services.scheduler.predict(record, _deadline(request, services))
-        except NoModelError:
-            raise HTTPException(status_code=503, detail=NO_MODEL) from None
-        return _prediction(model, probability, history=history)
+            return _explained(prediction, explanation, request_id)
+        response.headers[REQUEST_ID] = request_id
+        return prediction
 
     @router.post("/predict/batch", response_model=BatchResponse,
-                 summary="Risk of 30-day readmission of many encounters")
+                 summary="Risk of 30-day readmission of many encounters",
+                 responses={200: {"description": "One prediction per encounter, in order",
+                                  "headers": REQUEST_ID_HEADER}})
     async def predict_batch(body: BatchRequest, services: ServicesDep,  # type: ignore[valid-type]
-                            request: Request) -> BatchResponse:
+                            request: Request, response: Response) -> BatchResponse:
         model = services.holder.current
         if model is None:
             raise HTTPException(status_code=503, detail=NO_MODEL)
@@ -145,6 +171,9 @@ def build_router(max_batch_size: int) -> APIRouter:
         answers, how = iter(probabilities), iter(histories)
         predictions = [_prediction(model, next(answers), history=next(how)) if why is None
                        else _prediction(model, None, why) for why in reasons]
+        request_id = uuid.uuid4().hex
+        services.predictions.add_many(request_id, "batch", _caller(request), records, predictions)
+        response.headers[REQUEST_ID] = request_id
         return BatchResponse(predictions=predictions, model_name=model.name, model_version=model.version)
 
     return router
