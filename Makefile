@@ -10,13 +10,16 @@ SOURCE ?= download
 
 LOCAL_PACKAGES := -e shared -e server1-data -e server2-tracking -e server3-serving
 
-.PHONY: help venv test test-fast cluster-test bench lock up down status clean
+.PHONY: help venv test test-fast cluster-test bench lock up down status clean simulate simulate-down simulate-test
 
 help:
 	@echo "make test       install everything into $(VENV) and run the whole test suite"
 	@echo "make test-fast  the suite without the slow (server / pipeline) tests"
 	@echo "make up         run the whole pipeline on this machine (SOURCE=download|PATH|synthetic)"
 	@echo "make down       stop what make up started"
+	@echo "make simulate   later, drifted batches arrive as live traffic and loads: monitoring and retraining seen end to end"
+	@echo "make simulate-down  stop what make simulate started"
+	@echo "make simulate-test  make simulate's end-to-end test (opt-in: about 7 minutes)"
 	@echo "make cluster-test  the three-host test (as root: network namespaces, MariaDB, S3, MLflow, API, Prometheus)"
 	@echo "make bench      print the benchmarks' figures"
 	@echo "make lock       re-pin requirements/constraints.txt from requirements/requirements.in"
@@ -52,6 +55,16 @@ up: $(STAMP)
 down:
 	@test -x $(BIN)/python || { echo "nothing to stop"; exit 0; }
 	$(BIN)/python embedded/run.py down
+
+simulate: $(STAMP)
+	$(BIN)/python embedded/simulate.py
+
+simulate-test: $(STAMP)
+	READMIT_SIMULATE_TEST=1 $(BIN)/python -m pytest tests/e2e/test_simulate.py -q
+
+simulate-down:
+	@test -x $(BIN)/python || { echo "nothing to stop"; exit 0; }
+	$(BIN)/python embedded/simulate.py down
 
 cluster-test: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e/test_three_hosts.py tests/e2e/test_manifests.py $(PYTEST_ARGS)
