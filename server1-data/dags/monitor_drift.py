@@ -105,16 +105,19 @@ def monitor_drift():
         run_type = str(get_current_context()["dag_run"].run_type)
         if not result["retrain"]:
             return False
-        if "asset" in run_type.lower():
-            print("new clean data: train_and_register is started by the same Asset; not triggered again")
-            return False
+        by_asset = "asset" in run_type.lower()
         settings = DataSettings()
         with engine_for(settings.clean_db_url) as engine:
             if already_triggered(settings, engine, result["model_version"], result["arrived"]):
                 print("retraining was already asked for this champion and these batches")
                 return False
+            # an Asset run: the same Asset starts train_and_register on these batches; marked, so a scheduled run
+            # does not retrain on them again when that candidate is not promoted
             for check_id in result["check_ids"]:
                 mark_triggered(settings, engine, check_id)
+        if by_asset:
+            print("new clean data: train_and_register is started by the same Asset; not triggered again")
+            return False
         return True
 
     decision = check(catch_up_arrivals())

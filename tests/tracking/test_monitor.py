@@ -176,6 +176,22 @@ def test_prune_deletes_only_predictions_past_their_retention(tmp_path, model_nam
     assert len(left) == 30 and (left["predicted_at"] > utcnow() - timedelta(days=10)).all()
 
 
+def test_a_prediction_log_that_cannot_be_read_skips_the_live_check_only(tmp_path):
+    from readmit_data.monitor import _live_or_skipped
+    from readmit_data.settings import DataSettings
+
+    (tmp_path / "a-file").write_text("not a folder")  # the store's file cannot be opened
+    settings = DataSettings(PREDICTIONS_DB_URL=f"sqlite:///{tmp_path / 'a-file' / 'predictions.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'clean.db'}")
+    try:
+        check = _live_or_skipped(settings, engine, Champion("3", ["train-0001"], ["train-0002"]))
+    finally:
+        engine.dispose()
+    assert check.population == "predictions" and check.model_version == "3" and not check.retrain
+    assert check.skipped.startswith("the prediction log could not be read (")
+    assert check.arrived == "batches train-0002" and not check.pushed
+
+
 def test_monitor_drift_runs_for_real_and_asks_for_retraining_once(sqlite_tracking, tmp_path, model_name):
     """`airflow dags test monitor_drift` on shifted arrivals: the check advises retraining, train_and_register is
     triggered with the reason in its conf; a second run on the same champion and batches does not trigger again."""

@@ -272,14 +272,31 @@ def monitor(settings: DataSettings, clean_store: Engine) -> list[DriftCheck]:
     """Both checks of one monitor_drift run (the live one when ``PREDICTIONS_DB_URL`` is set), on one reading of
     who the champion is."""
     champion = champion_batches(settings, clean_store)
+    if champion is None:
+        return [DriftCheck(skipped="no champion yet")]
     checks = [check_drift(settings, clean_store, champion)]
-    if champion is not None and settings.predictions_db_url:
-        predictions_store = make_engine(settings.predictions_db_url)
-        try:
-            checks.append(check_live_drift(settings, clean_store, predictions_store, champion))
-        finally:
-            predictions_store.dispose()
+    if settings.predictions_db_url:
+        checks.append(_live_or_skipped(settings, clean_store, champion))
     return checks
+
+
+def _live_or_skipped(settings: DataSettings, clean_store: Engine, champion: Champion) -> DriftCheck:
+    """The live check; a failure of the prediction log (store down, unreadable rows) skips it with the reason,
+    unpushed (ReadmitMonitorStale tells when that lasts), and never takes the batches' check and its retraining
+    advice down with it."""
+    from .stores import store_failure
+
+    predictions_store = None
+    try:
+        predictions_store = make_engine(settings.predictions_db_url)
+        return check_live_drift(settings, clean_store, predictions_store, champion)
+    except Exception as exc:  # noqa: BLE001 - said in the check and the task log
+        log.warning("the live drift check failed: %s", store_failure(exc))
+        return DriftCheck(champion.version, population="predictions", arrived=champion.arrived_source,
+                          skipped=f"the prediction log could not be read ({store_failure(exc)})")
+    finally:
+        if predictions_store is not None:
+            predictions_store.dispose()
 
 
 PUSH_JOB = "readmit_monitor"

@@ -65,10 +65,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            watcher.stop()
-            scheduler.shutdown()
-            history.close()
-            predictions.close()  # after the last answer: what is buffered is written (within a bound)
+            try:
+                watcher.stop()
+                scheduler.shutdown()
+                history.close()
+            finally:
+                predictions.close()  # after the last answer: what is buffered is written (within a bound)
 
     app = FastAPI(
         title="Diabetes 30-day readmission API",

@@ -56,13 +56,14 @@ CONNECT_TIMEOUT_SECONDS = 5
 IO_TIMEOUT_SECONDS = 10
 """MySQL read/write timeouts: a hung store fails the write after this long instead of holding the writer."""
 STORE_ERRNOS = frozenset({
-    1021, 1030, 1040, 1044, 1045, 1049, 1053, 1114, 1142, 1146, 1152, 1158, 1159, 1160, 1161, 1205, 1213, 1290,
-    1317, 1927, 4031,
+    1021, 1030, 1040, 1044, 1045, 1049, 1053, 1054, 1064, 1114, 1142, 1146, 1152, 1158, 1159, 1160, 1161, 1205,
+    1213, 1290, 1317, 1927, 4031,
 })
 """MySQL/MariaDB errors of the store, not of the rows (disk or table full, too many connections, access denied,
-unknown database or table, server shutting down, network read/write errors, lock wait timeout, deadlock,
-read-only, query interrupted, connection killed); 2000-2999 are the client's (cannot connect, server gone,
-lost connection, timeouts)."""
+unknown database, table or column — a table of another version of the contract —, a statement it cannot parse,
+server shutting down, network read/write errors, lock wait timeout, deadlock, read-only, query interrupted,
+connection killed); 2000-2999 are the client's (cannot connect, server gone, lost connection, timeouts). Such a
+failure keeps the batch and pauses; splitting it into single rows would only repeat the failure row by row."""
 
 
 def _store_problem(exc: BaseException) -> bool:
@@ -373,6 +374,9 @@ class PredictionLog:
         self._failing = True
 
     def _failed(self, chunk: _Chunk, exc: Exception) -> bool:
+        with self._lock:
+            if self._closed:  # the shutdown gave up on this write and counted its rows already
+                return True
         if _store_problem(exc):
             if _missing_table(exc):
                 self._table_ready = False
