@@ -378,7 +378,7 @@ def run_data_pipeline(p: Platform) -> None:
                        ("train_and_register", ["--conf", json.dumps({"candidates": CANDIDATES})])):
         since = time.monotonic()
         done = p.net.run(host, ["airflow", "dags", "test", dag, *extra], scheduler_env, p.log(host, dag),
-                         cwd=p.cwd(host), timeout=600)
+                         cwd=p.cwd(host), timeout=900)  # the cluster's SEARCH_SECONDS (300) + card and gate
         assert done.returncode == 0, f"{dag}:\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
         p.step(f"{host.name}: airflow dags test {dag}", since)
 
