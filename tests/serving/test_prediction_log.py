@@ -24,7 +24,6 @@ import httpx
 import pytest
 import sqlalchemy
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 from readmit_contract import Encounter
 from readmit_contract.prediction_log import ENCOUNTER_NAMES, encounter_json, metadata, prediction_log
 from readmit_contract.target import EXCLUDED_DISCHARGE_DISPOSITIONS
@@ -36,21 +35,13 @@ from ..conftest import MYSQL_URL
 from ..data.private_mariadb import PrivateMariaDB
 from ..support import free_port, wait_http
 from .conftest import AUTH, api_process
+from .test_history_lookup import _metric
 
 REQUEST_ID = "x-request-id"
 DROP_REASONS = ("buffer_full", "store_error", "shutdown")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-
-def _metric(api: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{api}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise AssertionError(f"{name}{labels} not exported")
 
 
 def _log_metrics(api: str) -> dict[str, float]:
