@@ -119,3 +119,21 @@ def test_records_with_nan_for_missing_match_the_frame(fitted, cleaned):
     records = rows.to_dict("records")
     assert any(isinstance(v, float) and v != v for r in records for v in r.values())
     np.testing.assert_array_equal(fitted.transform(records), fitted.transform(rows))
+
+
+def test_the_records_path_gives_the_column_paths_features(fitted, cleaned, monkeypatch):
+    """A few records are transformed row by row (``_transform_records``), many column by column: same features,
+    whatever the values (missing as None, NaN or ``?``, unknown codes, absent keys, hospital codes as text)."""
+    from readmit_contract import features
+
+    records = cleaned.drop(columns=["readmitted"]).head(300).to_dict("records")
+    records += [{}, {"age": float("nan"), "weight": None, "num_lab_procedures": float("nan"), "A1Cresult": "?",
+                     "payer_code": "ZZ", "admission_type_id": 99, "admission_source_id": "7", "diag_1": "V45",
+                     "diag_2": "?", "metformin": "Up", "insulin": "Down", "num_medications": 3.0}]
+    monkeypatch.setattr(features, "RECORD_PATH_MAX_ROWS", 10**9)
+    by_row = fitted.transform(records)
+    assert np.array_equal(fitted.transform_records(records), by_row, equal_nan=True)
+    monkeypatch.setattr(features, "RECORD_PATH_MAX_ROWS", 0)
+    by_column = fitted.transform(records)
+    assert np.array_equal(by_row, by_column, equal_nan=True)
+    assert np.array_equal(by_row[:300], fitted.transform(cleaned.head(300)), equal_nan=True)

@@ -449,9 +449,11 @@ def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
     overload = {"MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BATCH", "MAX_QUEUED_BATCH_ROWS", "BATCH_SLICE_ROWS",
                 "REQUEST_DEADLINE_MS", "SHED_RETRY_AFTER_MS", "INFERENCE_STUCK_SECONDS",
                 "HISTORY_TIMEOUT_MS", "HISTORY_CACHE_SECONDS",
-                "PREDICTION_LOG_BUFFER_ROWS", "PREDICTION_LOG_BATCH_ROWS", "PREDICTION_LOG_FLUSH_MS"}
+                "PREDICTION_LOG_BUFFER_ROWS", "PREDICTION_LOG_BATCH_ROWS", "PREDICTION_LOG_FLUSH_MS",
+                "TREES_COMPILE_MAX_NODES"}
     serving_defaults = ServingSettings.model_construct()
     embedded = _embedded_env()
+    assert literal["TREES_COMPILE"] == embedded["TREES_COMPILE"] == "true" and serving_defaults.trees_compile
     for alias in overload:
         default = float(getattr(serving_defaults, serving_aliases[alias]))
         assert float(literal[alias]) == default, alias

@@ -77,8 +77,10 @@ def encounters() -> list[dict]:
 
 def api_process(tmp_path: Path, tracking_uri: str, model_name: str, poll_seconds: float = 1.0, **env: str):
     port = free_port()
+    # TREES_COMPILE off unless asked: compiling a version's trees costs seconds of both cores per API started;
+    # the shared ``api`` compiles (test_api checks its answers once compiled), test_trees covers the rest
     environment = {"MLFLOW_TRACKING_URI": tracking_uri, "MODEL_NAME": model_name, "MODEL_ALIAS": "champion",
-                   "MODEL_POLL_SECONDS": str(poll_seconds), "API_KEYS": API_KEYS, **env}
+                   "MODEL_POLL_SECONDS": str(poll_seconds), "API_KEYS": API_KEYS, "TREES_COMPILE": "false", **env}
     cmd = [str(BIN / "uvicorn"), "readmit_serving.api.main:app", "--host", "127.0.0.1", "--port", str(port),
            "--no-access-log"]
     return f"http://127.0.0.1:{port}", started(cmd, environment, tmp_path / f"api-{port}.log",
@@ -90,7 +92,8 @@ def api(registered, tmp_path_factory):
     """The API serving the registered champion; yields its base URL once /ready is 200."""
     from ..support import wait_http
 
-    url, process = api_process(tmp_path_factory.mktemp("api"), registered.tracking_uri, registered.model_name)
+    url, process = api_process(tmp_path_factory.mktemp("api"), registered.tracking_uri, registered.model_name,
+                               TREES_COMPILE="true")
     with process:
         wait_http(f"{url}/ready", timeout=120)
         yield url

@@ -116,6 +116,13 @@ class ServingSettings(BaseSettings):
     """Most time a prediction waits in the buffer before a write of it is started."""
     model_cache_dir: str | None = Field(None, validation_alias="MODEL_CACHE_DIR")
     """Where downloaded model versions are kept (None: a temporary folder)."""
+    trees_compile: bool = Field(True, validation_alias="TREES_COMPILE")
+    """Compile the served model's trees to C (TL2cgen and the C compiler ``TREES_COMPILER``) in the background
+    once a version serves; until then, or when off or impossible, Treelite's interpreter evaluates them."""
+    trees_compiler: str = Field("gcc", validation_alias="TREES_COMPILER")
+    """The C compiler TL2cgen calls (gcc or clang, on PATH)."""
+    trees_compile_max_nodes: int = Field(100_000, ge=1, validation_alias="TREES_COMPILE_MAX_NODES")
+    """Trees with more nodes than this are not compiled (a deep forest takes minutes to build): interpreted."""
     api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field("", validate_default=True,  # type: ignore[assignment]
                                                                validation_alias="API_KEYS")
     """Callers of /predict, /predict/batch and /model: ``name:key`` pairs, comma-separated (required)."""

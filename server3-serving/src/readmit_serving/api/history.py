@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -204,6 +205,9 @@ class HistoryLookup:
 
     @staticmethod
     def _count(statuses: list[str]) -> list[str]:
-        for status in statuses:
-            metrics.HISTORY_LOOKUPS.labels(status=status).inc()
+        if len(statuses) == 1:
+            metrics.HISTORY_LOOKUP_COUNTERS[statuses[0]].inc()
+            return statuses
+        for status, n in Counter(statuses).items():
+            metrics.HISTORY_LOOKUP_COUNTERS[status].inc(n)
         return statuses

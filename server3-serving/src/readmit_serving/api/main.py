@@ -51,7 +51,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         scheduler = InferenceScheduler(holder, settings.microbatch_max_rows, settings.batch_slice_rows,
                                        settings.max_queued_batch_rows)
         watcher = ModelWatcher(settings.mlflow_tracking_uri, settings.model_name, settings.model_alias,
-                               settings.model_poll_seconds, holder, settings.model_cache_dir)
+                               settings.model_poll_seconds, holder, settings.model_cache_dir,
+                               settings.trees_compile, settings.trees_compiler, settings.trees_compile_max_nodes)
         history = HistoryLookup(settings.history_db_url.get_secret_value() if settings.history_db_url else None,
                                 settings.history_timeout_ms, settings.history_cache_seconds)
         predictions = PredictionLog(

@@ -21,6 +21,7 @@ INFERENCE_ROWS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
 )
 PREDICTIONS = Counter("readmit_api_predictions_total", "Encounters scored, by risk band", ["risk_band"])
+PREDICTION_COUNTERS = {band: PREDICTIONS.labels(risk_band=band) for band in ("low", "medium", "high")}
 MODEL_INFO = Info("readmit_api_model", "The model being served")
 MODEL_VERSION = Gauge("readmit_api_model_version", "Registry version of the model being served (0: none)")
 MODEL_LOADED = Gauge("readmit_api_model_loaded", "1 when a model is loaded and predictions can be served")
@@ -73,8 +74,9 @@ HISTORY_LOOKUPS = Counter(
     "not_used",
     ["status"],
 )
-for _status in ("found", "first_encounter", "unavailable", "no_patient", "no_encounter", "off", "not_used"):
-    HISTORY_LOOKUPS.labels(status=_status)
+HISTORY_LOOKUP_COUNTERS = {status: HISTORY_LOOKUPS.labels(status=status) for status in (
+    "found", "first_encounter", "unavailable", "no_patient", "no_encounter", "off", "not_used")}
+"""Each status' counter, resolved once (``labels()`` costs more than the increment)."""
 HISTORY_FAILURES = Counter("readmit_api_history_failures_total",
                            "Failed lookups of the history store, by reason: timeout, error", ["reason"])
 for _reason in ("timeout", "error"):

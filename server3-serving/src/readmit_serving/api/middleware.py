@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,6 +19,9 @@ class PrometheusMiddleware:
     def __init__(self, app: ASGIApp, known_paths: Collection[str] = ()) -> None:
         self.app = app
         self.known_paths = known_paths
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        """(route, method, status) -> its counter and histogram (``labels()`` costs more than the update)."""
+        self._in_progress: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -33,7 +37,9 @@ class PrometheusMiddleware:
                 status = message["status"]
             await send(message)
 
-        in_progress = metrics.IN_PROGRESS.labels(method=method)
+        in_progress = self._in_progress.get(method)
+        if in_progress is None:
+            in_progress = self._in_progress.setdefault(method, metrics.IN_PROGRESS.labels(method=method))
         in_progress.inc()
         try:
             await self.app(scope, receive, send_wrapper)
@@ -43,5 +49,11 @@ class PrometheusMiddleware:
             template = getattr(route, "path", None)
             if template is None:
                 template = scope["path"] if scope["path"] in self.known_paths else "unmatched"
-            metrics.REQUESTS.labels(route=template, method=method, status=str(status)).inc()
-            metrics.REQUEST_DURATION.labels(route=template, method=method).observe(time.perf_counter() - started)
+            key = (template, method, status)
+            children = self._children.get(key)
+            if children is None:  # bounded: templates of the app's routes (or "unmatched") x methods x statuses
+                children = self._children.setdefault(key, (
+                    metrics.REQUESTS.labels(route=template, method=method, status=str(status)),
+                    metrics.REQUEST_DURATION.labels(route=template, method=method)))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

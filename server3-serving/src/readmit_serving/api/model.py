@@ -19,6 +19,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -26,15 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from readmit_contract import Encounter, example_encounter
+from readmit_contract import Encounter, EncounterFeatures, example_encounter
 from readmit_contract.artifact import DIGEST_TAG, ArtifactRefused, load_verified, verify_artifact
 from readmit_contract.target import excluded_reason, is_scorable
 from sklearn.base import BaseEstimator
-from sklearn.ensemble import HistGradientBoostingClassifier
 
 from .explanations import build_explainer, check_records
-from .fast_trees import StackedTrees
 from .model_card import MISSING, CardState, load_card
+from .trees import INTERPRETED, SCIKIT_LEARN, TreePredictor, agrees, can_compile, compiled, import_trees, interpreted
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ SERVING_REFUSAL_CODES: tuple[str, ...] = ("unloadable", "predict_failed")
 UNLOADABLE = "its model file passed the integrity checks but cannot be loaded"
 PREDICT_FAILED = "it cannot score the contract's example encounter"
 NOT_PROBABILITIES = "its answers for the contract's example encounter are not probabilities between 0 and 1"
-STACKED_MAX_ROWS = 16
-"""Up to this many rows the stacked trees are faster (~0.2 ms for 1 row vs ~2 ms); above, scikit-learn's loop."""
+SMOKE_BATCH_ROWS = 17
+"""The smoke test's batch: more rows than one, as a micro-batch or a batch slice brings."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ class LoadedModel:
     """Share of 30-day readmissions in the training data: below it, risk is low."""
     metrics: dict[str, float] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
-    stacked: StackedTrees | None = None
-    """The estimator's trees stacked for numpy evaluation, when proven equal to scikit-learn's predictions."""
+    trees: TreePredictor | None = None
+    """The estimator's trees evaluated by Treelite (``trees``), when proven equal to scikit-learn's predictions."""
     explainer: Any = None
     """The ``readmit_contract.explanation.Explainer`` of the pipeline, when it explains it (see ``explanations``)."""
     card: CardState | None = None
@@ -70,9 +70,27 @@ class LoadedModel:
 
     def predict(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """Probability of 30-day readmission for each record (mapping of contract column -> value)."""
-        if self.stacked is not None and len(records) <= STACKED_MAX_ROWS:
-            return self.stacked.predict_proba(self.pipeline[:-1].transform(records))[:, 1]
+        if self.trees is not None:
+            return self.trees.positive(self.transform(records))
         return self.pipeline.predict_proba(records)[:, 1]
+
+    @property
+    def transform(self) -> Any:
+        """The pipeline's transform (every step but the estimator) as a function of records: the contract's
+        ``EncounterFeatures.transform_records`` when that is the only step (fitted: the model was loaded and
+        smoke-tested), else the transform steps' ``transform``."""
+        transform = self.__dict__.get("_transform")
+        if transform is None:
+            steps = self.pipeline[:-1]  # a new Pipeline object per slicing: built once
+            only = steps[0] if len(steps) == 1 else None
+            transform = only.transform_records if isinstance(only, EncounterFeatures) else steps.transform
+            object.__setattr__(self, "_transform", transform)
+        return transform
+
+    @property
+    def predictor(self) -> str:
+        """How the estimator is evaluated: ``compiled`` or ``interpreted`` (Treelite), or ``scikit-learn``."""
+        return self.trees.kind if self.trees is not None else SCIKIT_LEARN
 
     @property
     def card_state(self) -> CardState:
@@ -122,21 +140,51 @@ def single_threaded(estimator: Any) -> Any:
     return estimator
 
 
-def stack_if_equal(pipeline: Any, rows: int = 500) -> StackedTrees | None:
-    """StackedTrees for the pipeline's estimator if it reproduces scikit-learn on sample encounters, else None."""
-    from readmit_contract import synthetic, validate
+def interpreted_if_equal(pipeline: Any) -> TreePredictor | None:
+    """Treelite's interpreter for the pipeline's estimator if it reproduces scikit-learn on sample encounters,
+    else None (not a tree model Treelite takes, or it disagrees)."""
+    imported = import_trees(pipeline[-1])
+    if imported is None:
+        return None
+    predictor = interpreted(imported)
+    if agrees(pipeline, predictor):
+        return predictor
+    log.warning("Treelite's evaluation of the %s disagrees with scikit-learn: scikit-learn serves it",
+                type(pipeline[-1]).__name__)
+    return None
 
-    estimator = pipeline[-1]
-    if not isinstance(estimator, HistGradientBoostingClassifier):
+
+def compile_trees(model: LoadedModel, toolchain: str, max_nodes: int) -> LoadedModel | None:
+    """``model`` with its trees compiled (``trees.compiled``) when they are interpreted now, small enough, a
+    compiler is there, and the compiled trees agree with scikit-learn and pass the smoke test; else None (why in
+    the log)."""
+    trees = model.trees
+    if trees is None or trees.kind != INTERPRETED:
         return None
+    if trees.nodes > max_nodes:
+        log.info("%s v%s: %d tree nodes, more than TREES_COMPILE_MAX_NODES (%d): interpreted", model.name,
+                 model.version, trees.nodes, max_nodes)
+        return None
+    if not can_compile(toolchain):
+        log.warning("%s v%s: no C compiler %r on PATH: its trees stay interpreted", model.name, model.version,
+                    toolchain)
+        return None
+    started = time.perf_counter()
     try:
-        stacked = StackedTrees(estimator)
-    except ValueError:
+        predictor = compiled(trees.imported, toolchain)
+        if not agrees(model.pipeline, predictor):
+            log.warning("%s v%s: the compiled trees disagree with scikit-learn: they stay interpreted", model.name,
+                        model.version)
+            return None
+        faster = replace(model, trees=predictor)
+        smoke_test(faster)
+    except Exception as exc:  # noqa: BLE001 - the interpreted trees keep serving
+        log.warning("%s v%s: compiling its trees failed (%s): they stay interpreted", model.name, model.version,
+                    type(exc).__name__, exc_info=True)
         return None
-    sample = validate(synthetic.generate(rows, seed=1)).valid
-    expected = pipeline.predict_proba(sample)
-    actual = stacked.predict_proba(pipeline[:-1].transform(sample))
-    return stacked if np.allclose(actual, expected, rtol=0, atol=1e-9) else None
+    log.info("%s v%s: %d tree nodes compiled in %.1f s", model.name, model.version, trees.nodes,
+             time.perf_counter() - started)
+    return faster
 
 
 def _load_pipeline(client: Any, name: str, version: str, tags: dict[str, str], folder: Path,
@@ -162,10 +210,10 @@ def smoke_records() -> list[dict[str, Any]]:
 
 
 def smoke_test(model: LoadedModel) -> None:
-    """Score the contract's example encounter alone and in a batch (the stacked trees' path and scikit-learn's);
+    """Score the contract's example encounter alone and in a batch;
     ``ArtifactRefused`` (``predict_failed``) unless each answer is a finite probability."""
     record = smoke_records()[0]
-    for records in ([record], [record] * (STACKED_MAX_ROWS + 1)):
+    for records in ([record], [record] * SMOKE_BATCH_ROWS):
         try:
             probabilities = np.asarray(model.predict(records), dtype="float64")
         except Exception as exc:
@@ -208,13 +256,13 @@ def load_version(client: Any, name: str, version: str, alias: str, cache_dir: st
         metrics=metrics,
     )
     try:
-        smoke_test(model)  # before the stacked trees: they are built by scoring 500 encounters
+        smoke_test(model)  # before Treelite: its check scores 500 encounters with scikit-learn
         try:
-            stacked = stack_if_equal(pipeline)
+            trees = interpreted_if_equal(pipeline)
         except Exception as exc:
             raise ArtifactRefused("predict_failed", PREDICT_FAILED, f"{type(exc).__name__}: {exc}") from exc
-        if stacked is not None:
-            model = replace(model, stacked=stacked)
+        if trees is not None:
+            model = replace(model, trees=trees)
             smoke_test(model)
     except ArtifactRefused:
         if folder is not None:
@@ -242,7 +290,16 @@ class ModelHolder:
 
     def __init__(self) -> None:
         self.current: LoadedModel | None = None
+        self._upgrade = threading.Lock()
 
     def swap(self, model: LoadedModel) -> LoadedModel | None:
         previous, self.current = self.current, model
         return previous
+
+    def upgrade(self, model: LoadedModel, faster: LoadedModel) -> bool:
+        """Put ``faster`` (the same version, evaluated another way) in place of ``model`` if it still serves."""
+        with self._upgrade:
+            if self.current is not model:
+                return False
+            self.current = faster
+            return True

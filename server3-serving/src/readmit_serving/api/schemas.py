@@ -122,6 +122,11 @@ class ModelDescription(BaseModel):
     metrics: dict[str, float]
     loaded_at: float
     explainable: bool = Field(description="Whether POST /predict?explain=true can explain this version's predictions")
+    predictor: Literal["compiled", "interpreted", "scikit-learn"] = Field(
+        description="How the estimator's trees are evaluated: compiled (Treelite's C code, built in the background "
+                    "after a version starts serving), interpreted (Treelite's predictor, until then or when the "
+                    "trees are too large to compile), scikit-learn (a model that is not a tree ensemble). All three "
+                    "give scikit-learn's probabilities (checked on 500 encounters before use)")
     card: CardStatus = Field(description="GET /model/card: available; missing (training recorded no card for this "
                                          "version); no_checksum (a card without the checksum training records); "
                                          "checksum_mismatch (the card differs from what training recorded); "

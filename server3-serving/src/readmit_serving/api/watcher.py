@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from readmit_contract.artifact import ArtifactRefused
 
 from . import metrics
-from .model import SERVING_REFUSAL_CODES, ModelHolder, load_version
+from .model import SERVING_REFUSAL_CODES, LoadedModel, ModelHolder, compile_trees, load_version
+from .trees import INTERPRETED
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class WatcherStatus:
 
 class ModelWatcher:
     def __init__(self, tracking_uri: str, name: str, alias: str, poll_seconds: float, holder: ModelHolder,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, compile_trees: bool = False, compiler: str = "gcc",
+                 compile_max_nodes: int = 100_000) -> None:
         # fail fast when MLflow is away: the next tick retries (the client's default backs off for minutes)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -82,6 +84,7 @@ class ModelWatcher:
         self.name, self.alias, self.poll_seconds = name, alias, poll_seconds
         self.holder = holder
         self.cache_dir = cache_dir
+        self.compile_trees, self.compiler, self.compile_max_nodes = compile_trees, compiler, compile_max_nodes
         self.status = WatcherStatus()
         self._refusal_message: str | None = None
         self._stop = threading.Event()
@@ -149,9 +152,21 @@ class ModelWatcher:
         metrics.MODEL_LOADED.set(1)
         metrics.MODEL_VERSION.set(float(version) if version.isdigit() else 0)
         metrics.MODEL_INFO.info({"model_name": self.name, "model_version": version, "alias": self.alias,
-                                 "run_id": model.run_id})
+                                 "run_id": model.run_id, "predictor": model.predictor})
         self.status.last_error = None
-        log.info("serving %s v%s (was %s)", self.name, version, previous.version if previous else "none")
+        log.info("serving %s v%s (was %s), its trees %s", self.name, version,
+                 previous.version if previous else "none", model.predictor)
+        if self.compile_trees and model.predictor == INTERPRETED:
+            threading.Thread(target=self._compile, args=(model,), name="trees-compile", daemon=True).start()
+
+    def _compile(self, model: LoadedModel) -> None:
+        """Compile the trees of ``model`` (serving meanwhile) and put the compiled model in its place if it
+        still serves then (a version swapped in meanwhile is not replaced)."""
+        faster = compile_trees(model, self.compiler, self.compile_max_nodes)
+        if faster is not None and self.holder.upgrade(model, faster):
+            metrics.MODEL_INFO.info({"model_name": self.name, "model_version": model.version, "alias": self.alias,
+                                     "run_id": model.run_id, "predictor": faster.predictor})
+            log.info("serving %s v%s with compiled trees", self.name, model.version)
 
     def _lookup_failed(self, exc: Exception) -> None:
         kind = failure_kind(exc)

@@ -33,7 +33,8 @@ async def model_description(services: ServicesDep) -> ModelDescription:
     return ModelDescription(
         model_name=model.name, model_alias=model.alias, model_version=model.version, run_id=model.run_id,
         threshold=model.threshold, base_rate=model.base_rate, metrics=model.metrics, loaded_at=model.loaded_at,
-        explainable=model.explainer is not None, card=model.card_state.status, contract_fields=CONTRACT_FIELDS,
+        explainable=model.explainer is not None, predictor=model.predictor, card=model.card_state.status,
+        contract_fields=CONTRACT_FIELDS,
     )
 
 

@@ -45,7 +45,7 @@ def _prediction(model: LoadedModel, probability: float | None, reason: str | Non
     if not math.isfinite(probability):  # the scheduler refuses these already; never hand one to the JSON encoder
         raise RecordFailed("a probability that is not a finite number")
     band = model.band(probability)
-    metrics.PREDICTIONS.labels(risk_band=band).inc()
+    metrics.PREDICTION_COUNTERS[band].inc()
     return Prediction(probability=probability, risk_band=band, scored=True, history=history,
                       model_name=model.name, model_version=model.version)
 
@@ -61,6 +61,14 @@ def _explained(prediction: Prediction, explanation: PredictionExplanation | None
     """An answer with its explanation (returned as a response: the route's model, Prediction, would drop it)."""
     body = ExplainedPrediction(**dict(prediction), explanation=explanation)
     return JSONResponse(body.model_dump(mode="json"), headers={REQUEST_ID: request_id})
+
+
+def _answer(prediction: Prediction, request_id: str) -> Response:
+    """``prediction`` as FastAPI would render it for ``response_model=Prediction`` (every field, JSON nulls)."""
+    return Response(_PREDICTION_JSON(prediction), media_type="application/json", headers={REQUEST_ID: request_id})
+
+
+_PREDICTION_JSON = Prediction.__pydantic_serializer__.to_json
 
 
 def _caller(request: Request) -> str | None:
@@ -123,8 +131,10 @@ def build_router(max_batch_size: int) -> APIRouter:
     @router.post("/predict", response_model=Prediction, summary="Risk of 30-day readmission of one encounter",
                  description=PREDICT_DESCRIPTION, responses=EXPLAIN_RESPONSES,
                  openapi_extra={"parameters": EXPLAIN_PARAMETERS})
-    async def predict(encounter: Encounter, services: ServicesDep, request: Request,
-                      response: Response) -> Prediction | JSONResponse:
+    async def predict(encounter: Encounter, request: Request) -> Response:
+        # the answer is rendered here (``_answer``), not by FastAPI from the response model: the same JSON without
+        # validating the Prediction a second time; services are the app's (no per-request dependency to solve)
+        services: Services = request.app.state.services
         top = explain_top(request)  # None: no explanation asked (the parameters are read by hand, see explanations)
         record = encounter.to_record()
         reason = out_of_scope(record)
@@ -147,8 +157,7 @@ def build_router(max_batch_size: int) -> APIRouter:
         services.predictions.add(request_id, "predict", _caller(request), record, prediction)
         if top is not None:
             return _explained(prediction, explanation, request_id)
-        response.headers[REQUEST_ID] = request_id
-        return prediction
+        return _answer(prediction, request_id)
 
     @router.post("/predict/batch", response_model=BatchResponse,
                  summary="Risk of 30-day readmission of many encounters",
