@@ -230,7 +230,7 @@ class InferenceScheduler:
             self._call_started = None
 
     async def _call(self, model: LoadedModel, records: list[dict[str, Any]]) -> np.ndarray:
-        if model.trees is not None and len(records) <= INLINE_MAX_ROWS:
+        if getattr(model, "trees", None) is not None and len(records) <= INLINE_MAX_ROWS:
             # Treelite's trees (C, bounded) after the contract's transform: ~20 us per encounter, less than the
             # hop to the inference thread and back, and no contention for the GIL with it
             self._call_started = time.monotonic()
