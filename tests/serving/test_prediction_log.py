@@ -390,10 +390,10 @@ def restricted_identity(mysql_databases):
         server.dispose()
 
 
-def _predictions(count: int, encounters: list[dict], model_name: str = "m") -> list[tuple[dict, Prediction]]:
+def _predictions(count: int, encounters: list[dict], model_name: str = "m") -> list[tuple[dict, dict]]:
     return [(Encounter.model_validate(encounters[i % len(encounters)]).to_record(),
              Prediction(probability=0.01 * (i % 100), risk_band="low", scored=True, history="off",
-                        model_name=model_name, model_version="7"))
+                        model_name=model_name, model_version="7").model_dump())
             for i in range(count)]
 
 

@@ -123,10 +123,11 @@ def _row(entry: tuple[Any, ...], binary_text: bool) -> tuple[Any, ...]:
     encounter, patient = record.get(ENCOUNTER), record.get(PATIENT)
     text = encounter_json(record)
     return (request_id, position, (EPOCH + timedelta(seconds=at)).isoformat(" ", "microseconds"), caller, endpoint,
-            prediction.model_name, prediction.model_version,
+            prediction["model_name"], prediction["model_version"],
             None if encounter is None else int(encounter), None if patient is None else int(patient),
             text.encode() if binary_text else text,
-            prediction.scored, prediction.probability, prediction.risk_band, prediction.reason, prediction.history)
+            prediction["scored"], prediction["probability"], prediction["risk_band"], prediction["reason"],
+            prediction["history"])
 
 
 EPOCH = datetime(1970, 1, 1)
@@ -211,8 +212,8 @@ class PredictionLog:
 
     def add(self, request_id: str, endpoint: str, caller: str | None, record: dict[str, Any], prediction: Any,
             position: int = 0) -> None:
-        """Buffer one answered encounter (``prediction``: the answer's Prediction; ``record`` is kept by
-        reference); dropped and counted when the buffer is full."""
+        """Buffer one answered encounter (``prediction``: the answer, a mapping of ``Prediction``'s fields; it and
+        ``record`` are kept by reference); dropped and counted when the buffer is full."""
         if self.engine is None:
             return
         queue = self._queue

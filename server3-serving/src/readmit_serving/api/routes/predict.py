@@ -12,16 +12,18 @@ no I/O) under a fresh request id, which the answer carries as ``X-Request-ID``.
 import math
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import Field, create_model
+from pydantic import Field, TypeAdapter, create_model
+from pydantic_core import to_json
 from readmit_contract import Encounter
 
 from .. import metrics
 from ..batching import NoModelError, NotExplainable, RecordFailed
-from ..dependencies import Services, ServicesDep
+from ..dependencies import Services
 from ..explanations import EXPLAIN_PARAMETERS, explain_top, explanation_body, not_explainable
 from ..model import LoadedModel, out_of_scope
 from ..schemas import BatchResponse, ExplainedPrediction, Message, Prediction, PredictionExplanation, Shed
@@ -37,17 +39,35 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+Answer = dict[str, Any]
+"""One encounter's answer: ``Prediction``'s fields in its order, rendered to JSON as it is (pydantic-core's
+serializer), without building and validating a model object per encounter."""
+
+
 def _prediction(model: LoadedModel, probability: float | None, reason: str | None = None,
-                history: str | None = None) -> Prediction:
+                history: str | None = None, count: bool = True) -> Answer:
     if probability is None:
-        return Prediction(probability=None, risk_band=None, scored=False, reason=reason,
-                          model_name=model.name, model_version=model.version)
+        return {"probability": None, "risk_band": None, "scored": False, "reason": reason, "history": None,
+                "model_name": model.name, "model_version": model.version}
     if not math.isfinite(probability):  # the scheduler refuses these already; never hand one to the JSON encoder
         raise RecordFailed("a probability that is not a finite number")
     band = model.band(probability)
-    metrics.PREDICTION_COUNTERS[band].inc()
-    return Prediction(probability=probability, risk_band=band, scored=True, history=history,
-                      model_name=model.name, model_version=model.version)
+    if count:
+        metrics.PREDICTION_COUNTERS[band].inc()
+    return {"probability": probability, "risk_band": band, "scored": True, "reason": None, "history": history,
+            "model_name": model.name, "model_version": model.version}
+
+
+def _predictions(model: LoadedModel, reasons: list[str | None], probabilities: list[float],
+                 histories: list[str]) -> list[Answer]:
+    """A batch's answers in order: the scored ones from ``probabilities`` (counted per band once), the others
+    with their reason."""
+    answers, how = iter(probabilities), iter(histories)
+    predictions = [_prediction(model, next(answers), history=next(how), count=False) if why is None
+                   else _prediction(model, None, why) for why in reasons]
+    for band, n in Counter(p["risk_band"] for p in predictions if p["scored"]).items():
+        metrics.PREDICTION_COUNTERS[band].inc(n)
+    return predictions
 
 
 REQUEST_ID = "X-Request-ID"
@@ -57,18 +77,19 @@ REQUEST_ID_HEADER = {REQUEST_ID: {"description": "The answer's id: its rows in t
                                   "schema": {"type": "string"}}}
 
 
-def _explained(prediction: Prediction, explanation: PredictionExplanation | None, request_id: str) -> JSONResponse:
+def _explained(prediction: Answer, explanation: PredictionExplanation | None, request_id: str) -> JSONResponse:
     """An answer with its explanation (returned as a response: the route's model, Prediction, would drop it)."""
-    body = ExplainedPrediction(**dict(prediction), explanation=explanation)
+    body = ExplainedPrediction(**prediction, explanation=explanation)
     return JSONResponse(body.model_dump(mode="json"), headers={REQUEST_ID: request_id})
 
 
-def _answer(prediction: Prediction, request_id: str) -> Response:
+def _answer(prediction: Answer, request_id: str) -> Response:
     """``prediction`` as FastAPI would render it for ``response_model=Prediction`` (every field, JSON nulls)."""
-    return Response(_PREDICTION_JSON(prediction), media_type="application/json", headers={REQUEST_ID: request_id})
+    return Response(to_json(prediction), media_type="application/json", headers={REQUEST_ID: request_id})
 
 
-_PREDICTION_JSON = Prediction.__pydantic_serializer__.to_json
+_RECORDS = TypeAdapter(list[Encounter])
+"""A batch's encounters as records in one call (``Encounter.to_record`` of each)."""
 
 
 def _caller(request: Request) -> str | None:
@@ -92,7 +113,7 @@ EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 async def _predict_explained(record: dict[str, Any], top: int, services: Services,
-                             request: Request) -> tuple[Prediction, PredictionExplanation | None]:
+                             request: Request) -> tuple[Answer, PredictionExplanation | None]:
     model = services.holder.current
     if model is None:
         raise HTTPException(status_code=503, detail=NO_MODEL)
@@ -163,12 +184,12 @@ def build_router(max_batch_size: int) -> APIRouter:
                  summary="Risk of 30-day readmission of many encounters",
                  responses={200: {"description": "One prediction per encounter, in order",
                                   "headers": REQUEST_ID_HEADER}})
-    async def predict_batch(body: BatchRequest, services: ServicesDep,  # type: ignore[valid-type]
-                            request: Request, response: Response) -> BatchResponse:
+    async def predict_batch(body: BatchRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        services: Services = request.app.state.services
         model = services.holder.current
         if model is None:
             raise HTTPException(status_code=503, detail=NO_MODEL)
-        records: list[dict[str, Any]] = [e.to_record() for e in body.encounters]  # type: ignore[attr-defined]
+        records: list[dict[str, Any]] = _RECORDS.dump_python(body.encounters, by_alias=True)  # type: ignore[attr-defined]
         reasons = [out_of_scope(r) for r in records]
         scorable = [r for r, why in zip(records, reasons, strict=True) if why is None]
         probabilities: list[float] = []
@@ -177,12 +198,10 @@ def build_router(max_batch_size: int) -> APIRouter:
             histories = await services.history.attach(scorable, model.uses_history)
             scored = await services.scheduler.predict_many(scorable, model, _deadline(request, services))
             probabilities = scored.tolist()
-        answers, how = iter(probabilities), iter(histories)
-        predictions = [_prediction(model, next(answers), history=next(how)) if why is None
-                       else _prediction(model, None, why) for why in reasons]
+        predictions = _predictions(model, reasons, probabilities, histories)
         request_id = uuid.uuid4().hex
         services.predictions.add_many(request_id, "batch", _caller(request), records, predictions)
-        response.headers[REQUEST_ID] = request_id
-        return BatchResponse(predictions=predictions, model_name=model.name, model_version=model.version)
+        answer = {"predictions": predictions, "model_name": model.name, "model_version": model.version}
+        return Response(to_json(answer), media_type="application/json", headers={REQUEST_ID: request_id})
 
     return router
