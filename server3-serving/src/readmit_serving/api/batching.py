@@ -43,13 +43,14 @@ from threadpoolctl import threadpool_limits
 from . import metrics
 from .admission import Overloaded
 from .explanations import PROBABILITY_TOLERANCE, finite
-from .model import LoadedModel, ModelHolder
+from .model import INTERPRETED_MAX_ROWS, LoadedModel, ModelHolder
 
 log = logging.getLogger(__name__)
 
 
-INLINE_MAX_ROWS = 64
-"""Model calls of at most this many encounters on a model evaluated by Treelite run on the event loop itself."""
+INLINE_MAX_ROWS = INTERPRETED_MAX_ROWS
+"""Model calls of at most this many encounters on a model evaluated by Treelite run on the event loop itself
+(Treelite evaluates them, interpreted or compiled: ``LoadedModel.predict``)."""
 
 
 class NoModelError(RuntimeError):

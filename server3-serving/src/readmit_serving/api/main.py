@@ -39,7 +39,7 @@ from .middleware import PrometheusMiddleware
 from .model import ModelHolder
 from .prediction_log import PredictionLog
 from .routes import health, model, predict
-from .watcher import ModelWatcher
+from .watcher import ModelWatcher, settle_heap
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
@@ -62,6 +62,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         metrics.MODEL_VERSION.set(0)
         app.state.services = Services(settings, holder, scheduler, watcher, history, predictions)
         predictions.start()
+        settle_heap()  # the imports' objects (before the first model: see settle_heap)
         watcher.start()
         try:
             yield
