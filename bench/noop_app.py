@@ -1,5 +1,9 @@
-"""The floor for the serving benchmark: a FastAPI endpoint that parses the same JSON body and returns a
+"""The floor for the serving benchmark: FastAPI endpoints that parse the same JSON bodies as the API and return a
 constant, served by the same uvicorn settings as the API.
+
+POST /predict: one encounter in, one constant prediction out. POST /predict/batch: ``{"encounters": [...]}`` in,
+one constant prediction per encounter out (the floor of /predict/batch: reading and parsing a 1000-encounter body
+and writing its answer, no validation, no model).
 
     uvicorn noop_app:app --app-dir bench --port PORT
 """
@@ -8,8 +12,16 @@ from fastapi import FastAPI, Request
 
 app = FastAPI()
 
+ANSWER = {"probability": 0.1, "risk_band": "low"}
+
 
 @app.post("/predict")
 async def predict(request: Request) -> dict:
     await request.json()
-    return {"probability": 0.1, "risk_band": "low"}
+    return ANSWER
+
+
+@app.post("/predict/batch")
+async def predict_batch(request: Request) -> dict:
+    body = await request.json()
+    return {"predictions": [ANSWER] * len(body["encounters"])}
