@@ -1,5 +1,8 @@
 import pandas as pd
 import pytest
+from readmit_contract.columns import COLUMN_NAMES
+from readmit_contract.dataset import read_raw_csv
+from readmit_contract.reader import open_path
 from readmit_contract.validate import canonical_ids
 from readmit_data.loading import (
     LoadError,
@@ -9,6 +12,7 @@ from readmit_data.loading import (
     class_balance,
     load,
     loaded_batches,
+    open_source,
     raw_counts,
     read_source,
 )
@@ -181,3 +185,28 @@ def test_unknown_batch_number(stores, source_frame):
     raw, _ = stores
     with pytest.raises(ValueError, match="does not exist"):
         _load(raw, source_frame, batch=99)
+
+
+ODD_BUT_LEGAL = ["tab\there", "back\\slash", "ctrl\x1aZ", "é中😀", "NA", "null", "", "  spaced  ", "unit\x1fsep",
+                 "N/A", "nan", "\\N", "'single'"]
+
+
+def test_a_file_with_odd_but_legal_values_loads_what_pandas_reads(stores, tmp_path, source_frame):
+    """Streamed (Arrow splits the chunks without quotes, pandas parses the others), the file gives the rows pandas
+    reads whole, and the load stores exactly those."""
+    frame = source_frame.head(600).reset_index(drop=True).copy()
+    for i, value in enumerate(ODD_BUT_LEGAL):
+        frame.loc[i, COLUMN_NAMES[3 + i]] = value
+    frame.loc[400, "medical_specialty"] = "Surgery, General"  # written quoted: pandas parses that chunk
+    path = tmp_path / "odd.csv"
+    frame.to_csv(path, index=False)
+    expected = read_raw_csv(path)[list(COLUMN_NAMES)]
+    for chunk_rows in (7, 1_000):
+        streamed = pd.concat([c.rows for c in open_path(path).chunks(chunk_rows)], ignore_index=True)
+        pd.testing.assert_frame_equal(streamed[list(COLUMN_NAMES)], expected)
+    raw, _ = stores
+    load(raw, open_source(str(path)), source="odd", batch="all", batch_size=BATCH_SIZE, progress=False)
+    with raw.connect() as conn:
+        stored = pd.read_sql(select(*(raw_encounters.c[name] for name in COLUMN_NAMES))
+                             .order_by(raw_encounters.c.source_line), conn)
+    pd.testing.assert_frame_equal(stored, expected)

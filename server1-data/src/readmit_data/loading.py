@@ -18,6 +18,9 @@ size of later batches, never which rows get loaded. An explicit batch number nam
 Each batch is one transaction: a failure leaves no partial batch, and loading a batch that is
 already there adds 0 rows and says so. A load checks the source first: a store holding batches of
 another source (content fingerprint, computed while streaming) or another split seed is refused.
+
+On MySQL / MariaDB a batch's rows go in by ``LOAD DATA LOCAL INFILE`` inside its transaction
+(``stores.bulk_insert``), each chunk while the stream reads and parses the next one (``_Writer``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +45,11 @@ from tqdm.auto import tqdm
 
 from .stores import (
     UNREADABLE,
+    bulk_engine,
     bulk_insert,
     create_raw_schema,
     db_timestamp,
-    frame_rows,
+    load_lines,
     raw_batches,
     raw_encounters,
     raw_rejected,
@@ -254,10 +259,11 @@ class _Stream:
     unreadable lines; the fingerprint, rows per split and asked-for train rows' encounter_ids on the way."""
 
     def __init__(self, source: RawSource, seed: int, desc: str, progress: bool,
-                 probes: frozenset[int] = frozenset(), read_chunk: int = READ_CHUNK) -> None:
+                 probes: frozenset[int] = frozenset(), read_chunk: int = READ_CHUNK,
+                 fingerprinting: bool = True) -> None:
         self.source, self.seed, self.desc, self.progress = source, seed, desc, progress
         self.probe_positions, self.read_chunk = probes, read_chunk
-        self.fingerprint = Fingerprint()
+        self.fingerprint, self.fingerprinting = Fingerprint(), fingerprinting
         self.counts = dict.fromkeys(SPLITS, 0)
         self.probes: dict[int, str] = {}
 
@@ -265,9 +271,10 @@ class _Stream:
         with _bar(self.source, self.desc, self.progress) as bar:
             for chunk in self.source.chunks(self.read_chunk):
                 rows = chunk.rows
-                self.fingerprint.add(rows)
-                for line in chunk.rejected:
-                    self.fingerprint.add_rejected(line)
+                if self.fingerprinting:
+                    self.fingerprint.add(rows)
+                    for line in chunk.rejected:
+                        self.fingerprint.add_rejected(line)
                 split = assign_splits(rows["patient_nbr"], self.seed)
                 is_train = split == "train"
                 position = np.full(len(rows), -1, dtype="int64")
@@ -282,21 +289,72 @@ class _Stream:
                 yield rows, chunk.rejected
 
 
-RAW_COLUMNS = [*COLUMN_NAMES, SOURCE_LINE, "split", "batch_id", "loaded_at"]
+RAW_COLUMNS = [*COLUMN_NAMES, SOURCE_LINE, "split"]
+"""The columns of raw_encounters a batch's rows bring (batch_id and loaded_at are the batch's)."""
+
+
+class _Writer:
+    """The writes of one transaction's connection, one at a time and in order. On MySQL / MariaDB each runs on a
+    thread of its own while the stream reads and parses the next chunk (the server loads one chunk while the
+    client prepares the next); the connection is never used by two threads at once: ``submit`` and every direct
+    use of ``conn`` wait for the write in flight first (``drain``), and its error is raised there. Elsewhere
+    (SQLite) a write runs at once."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.failed: str | None = None
+        """The batch whose write failed (the error surfaces at the next drain, maybe in another batch's add)."""
+        self.background = conn.dialect.name in ("mysql", "mariadb")
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raw-load") if self.background else None
+        self._pending: tuple[Future, str] | None = None
+
+    def submit(self, batch_id: str, write: Callable[[], None]) -> None:
+        self.drain()
+        if self._thread is None:
+            try:
+                write()
+            except BaseException:
+                self.failed = batch_id
+                raise
+        else:
+            self._pending = (self._thread.submit(write), batch_id)
+
+    def drain(self) -> None:
+        if self._pending is None:
+            return
+        (pending, batch_id), self._pending = self._pending, None
+        try:
+            pending.result()
+        except BaseException:
+            self.failed = batch_id
+            raise
+
+    def close(self) -> None:
+        """Wait for the write in flight (its outcome no longer matters: the caller is failing) and end the thread."""
+        with contextlib.suppress(Exception):
+            self.drain()
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """``close``, then roll the transaction back and close the connection."""
+        self.close()
+        _rollback_quietly(self.conn)
 
 
 class _Batch:
     """One batch's transaction: its raw_batches row first (the rows refer to it), then its rows chunk by
     chunk; ``record`` then the caller's commit keep it (row count, fingerprint), anything else leaves nothing."""
 
-    def __init__(self, conn: Connection, batch_id: str, split: str, number: int, first_row: int | None,
+    def __init__(self, writer: _Writer, batch_id: str, split: str, number: int, first_row: int | None,
                  source: str, seed: int, digest: str, insert_chunk: int,
                  on_chunk: Callable[[int], None] | None) -> None:
-        self.conn, self.batch_id, self.insert_chunk, self.on_chunk = conn, batch_id, insert_chunk, on_chunk
+        self.writer, self.batch_id, self.insert_chunk, self.on_chunk = writer, batch_id, insert_chunk, on_chunk
         self.rows = 0
         self.started = time.perf_counter()
         self.loaded_at = db_timestamp(utcnow())
-        conn.execute(raw_batches.insert().values(
+        writer.drain()
+        writer.conn.execute(raw_batches.insert().values(
             batch_id=batch_id, split=split, batch_number=number, rows=0, source=source[:255],
             source_fingerprint=digest, split_seed=seed, loaded_at=utcnow(), first_row=first_row,
         ))
@@ -304,8 +362,6 @@ class _Batch:
     def add(self, rows: pd.DataFrame, on_chunk: Callable[[int], None] | None = None) -> None:
         if rows.empty:
             return
-        records = frame_rows(rows[[*COLUMN_NAMES, SOURCE_LINE, "split"]].assign(
-            batch_id=self.batch_id, loaded_at=self.loaded_at))
         base = self.rows
         callback = on_chunk or self.on_chunk
 
@@ -313,19 +369,27 @@ class _Batch:
             if callback is not None:
                 callback(base + done)
 
-        bulk_insert(self.conn, raw_encounters, RAW_COLUMNS, records, chunk=self.insert_chunk, on_chunk=chunk_done)
-        self.rows += len(records)
+        constants = {"batch_id": self.batch_id, "loaded_at": self.loaded_at}
+        lines = load_lines(raw_encounters, RAW_COLUMNS, rows) if self.writer.background else None  # here, not there
+        self.writer.submit(self.batch_id, lambda: bulk_insert(
+            self.writer.conn, raw_encounters, RAW_COLUMNS, rows, chunk=self.insert_chunk, on_chunk=chunk_done,
+            constants=constants, lines=lines))
+        self.rows += len(rows)
 
     def add_unreadable(self, lines: list[RejectedLine]) -> None:
         now = db_timestamp(utcnow())
         records = [(self.batch_id, line.line, line.reason, line.text, now) for line in lines]
-        bulk_insert(self.conn, raw_rejected, ["batch_id", "source_line", "reason", "line_text", "rejected_at"],
-                    records, chunk=self.insert_chunk)
+        self.writer.submit(self.batch_id, lambda: bulk_insert(
+            self.writer.conn, raw_rejected, ["batch_id", "source_line", "reason", "line_text", "rejected_at"],
+            records, chunk=self.insert_chunk))
         self.rows += len(records)
 
     def record(self, digest: str | None = None) -> None:
+        """Write the batch's row count (and fingerprint) once its rows are all written."""
         values = {"rows": self.rows} if digest is None else {"rows": self.rows, "source_fingerprint": digest}
-        self.conn.execute(raw_batches.update().where(raw_batches.c.batch_id == self.batch_id).values(**values))
+        self.writer.drain()
+        self.writer.conn.execute(
+            raw_batches.update().where(raw_batches.c.batch_id == self.batch_id).values(**values))
 
     def report(self, split: str) -> LoadReport:
         return LoadReport(self.batch_id, split, self.rows, False, time.perf_counter() - self.started)
@@ -352,13 +416,14 @@ def _load_whole_splits(
 ) -> list[LoadReport]:
     """Validation and test (and the unreadable lines), streamed into one transaction; the source is checked
     against the store once the pass has its fingerprint, before the commit."""
-    conn = engine.connect()
+    conn = bulk_engine(engine).connect()
+    writer = _Writer(conn)
     batches: dict[str, _Batch] = {}
     current = missing[0]
     try:
         conn.begin()
         for split in missing:
-            batches[split] = _Batch(conn, split, split, 0, None, source, seed, "", insert_chunk, None)
+            batches[split] = _Batch(writer, split, split, 0, None, source, seed, "", insert_chunk, None)
         for rows, rejected in stream:
             for split in missing:
                 current = split
@@ -368,20 +433,22 @@ def _load_whole_splits(
             if rejected:
                 current = UNREADABLE
                 if UNREADABLE not in batches:
-                    batches[UNREADABLE] = _Batch(conn, UNREADABLE, UNREADABLE, 0, None, source, seed, "",
+                    batches[UNREADABLE] = _Batch(writer, UNREADABLE, UNREADABLE, 0, None, source, seed, "",
                                                  insert_chunk, None)
                 batches[UNREADABLE].add_unreadable(rejected)
+        writer.drain()
         digest = stream.fingerprint.hexdigest()
         _check_same_source(existing, digest, seed)
         for batch in batches.values():
             batch.record(digest)
         conn.commit()
+        writer.close()
         conn.close()
     except DBAPIError as exc:
-        _rollback_quietly(conn)
-        raise _failed(current, exc) from exc
+        writer.abandon()
+        raise _failed(writer.failed or current, exc) from exc
     except BaseException:
-        _rollback_quietly(conn)
+        writer.abandon()
         raise
     return [batch.report(split) for split, batch in batches.items()]
 
@@ -395,8 +462,8 @@ def _load_train(
     reports: list[LoadReport] = []
     queue = list(ranges)
     desc = ranges[0].batch_id if len(ranges) == 1 else f"{ranges[0].batch_id}..{ranges[-1].batch_id}"
-    stream = _Stream(src, seed, desc, progress, read_chunk=read_chunk)
-    conn: Connection | None = None
+    stream = _Stream(src, seed, desc, progress, read_chunk=read_chunk, fingerprinting=False)  # load() has the digest
+    writer: _Writer | None = None
     batch: _Batch | None = None
     try:
         for rows, _ in stream:
@@ -404,9 +471,9 @@ def _load_train(
             while queue:
                 target = queue[0]
                 if batch is None:
-                    conn = engine.connect()
-                    conn.begin()
-                    batch = _Batch(conn, target.batch_id, "train", target.number, target.first_row, source, seed,
+                    writer = _Writer(bulk_engine(engine).connect())
+                    writer.conn.begin()
+                    batch = _Batch(writer, target.batch_id, "train", target.number, target.first_row, source, seed,
                                    digest, insert_chunk, on_chunk)
                 positions = train[TRAIN_ROW]
                 batch.add(train[(positions >= target.first_row) & (positions < target.end)])
@@ -415,11 +482,12 @@ def _load_train(
                 if batch.rows != target.rows:
                     raise SourceMismatchError(f"{target.batch_id}: the source changed during the load")
                 batch.record()
-                conn.commit()
-                conn.close()
+                writer.conn.commit()
+                writer.close()
+                writer.conn.close()
                 reports.append(batch.report("train"))
                 queue.pop(0)
-                conn, batch = None, None
+                writer, batch = None, None
             if not queue:
                 break
         if queue:
@@ -427,12 +495,12 @@ def _load_train(
                 f"{queue[0].batch_id}: the source ended before train row {queue[0].end} (it changed during the load)"
             )
     except DBAPIError as exc:
-        if conn is not None:
-            _rollback_quietly(conn)
+        if writer is not None:
+            writer.abandon()
         raise _failed(queue[0].batch_id if queue else "train", exc) from exc
     except BaseException:
-        if conn is not None:
-            _rollback_quietly(conn)
+        if writer is not None:
+            writer.abandon()
         raise
     return reports
 
@@ -535,9 +603,10 @@ def load(
     """Load validation and test (first time only) and train batch ``batch`` ("next", "all" or a number).
 
     ``data`` is a source to stream (``open_source``) or a frame of it; ``source`` names it in raw_batches.
-    ``on_chunk(rows_done)`` is called after each INSERT of ``insert_chunk`` rows, inside the batch's
-    transaction. Raises ``SourceMismatchError`` (another source or seed: nothing written), ``LoadError``
-    (the store failed mid-batch: that batch is not kept) and ``ValueError`` (no such batch).
+    ``on_chunk(rows_done)`` is called after each ``insert_chunk`` rows written (one INSERT or LOAD DATA: see
+    ``stores.bulk_insert``), inside the batch's transaction (on MySQL / MariaDB from the thread that writes; what
+    it raises fails the batch). Raises ``SourceMismatchError`` (another source or seed: nothing written),
+    ``LoadError`` (the store failed mid-batch: that batch is not kept) and ``ValueError`` (no such batch).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")

@@ -20,24 +20,27 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from readmit_contract import clean, validate
 from readmit_contract.columns import COLUMN_NAMES, TEXT_MAX_LENGTH
 from readmit_contract.reader import SOURCE_LINE
 from readmit_contract.validate import DUPLICATE, REASON
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy.exc import DBAPIError
 
 from .history_store import refresh_history
 from .stores import (
     UNREADABLE,
     batch_lineage,
+    bulk_engine,
     bulk_insert,
     clean_encounters,
     create_clean_schema,
     create_raw_schema,
     db_timestamp,
-    frame_rows,
     raw_batches,
     raw_encounters,
     raw_rejected,
@@ -79,15 +82,69 @@ def pending_batches(raw: Engine, clean_store: Engine) -> list[str]:
     return [row.batch_id for row in sorted(pending, key=lambda r: (order.get(r.split, 3), r.batch_number))]
 
 
+RAW_READ = [*COLUMN_NAMES, SOURCE_LINE, "split"]
+_FIELD_END = 31
+"""Joined reads: the character (unit separator) between a row's fields."""
+_NULL_FIELD = 30
+"""Joined reads: the character (record separator) standing for NULL."""
+
+
 def read_raw_batch(raw: Engine, batch_id: str) -> pd.DataFrame:
-    """The rows of one raw batch, as text, in load order."""
-    query = (
-        select(*(raw_encounters.c[name] for name in COLUMN_NAMES), raw_encounters.c.source_line, raw_encounters.c.split)
-        .where(raw_encounters.c.batch_id == batch_id)
-        .order_by(raw_encounters.c.row_id)
-    )
+    """The rows of one raw batch, as text, in load order (``pd.read_sql``'s frame: str columns, missing as NaN)."""
     with raw.connect() as conn:
+        if conn.dialect.name in ("mysql", "mariadb"):
+            joined = _read_joined(conn, batch_id)
+            if joined is not None:
+                return joined
+        query = (
+            select(*(raw_encounters.c[name] for name in RAW_READ))
+            .where(raw_encounters.c.batch_id == batch_id)
+            .order_by(raw_encounters.c.row_id)
+        )
         return pd.read_sql(query, conn)
+
+
+def _read_joined(conn: Connection, batch_id: str) -> pd.DataFrame | None:
+    """``read_raw_batch`` on MySQL / MariaDB: each row comes as one value, its fields joined by the server
+    (``CONCAT_WS``, a mark for NULL), and is split by Arrow: the driver's per-field work (most of a plain read) is
+    gone. None when the rows cannot be told apart that way (a value holding the separator, or being the NULL mark,
+    or a column all NULL): read them plainly then."""
+    quote = conn.dialect.identifier_preparer.quote
+    nullable = [raw_encounters.c[name].nullable for name in RAW_READ]
+    fields = ", ".join(f"IFNULL({quote(name)}, CHAR({_NULL_FIELD} USING utf8mb4))" if can_be_null else quote(name)
+                       for name, can_be_null in zip(RAW_READ, nullable, strict=True))
+    joined = f"CONCAT_WS(CHAR({_FIELD_END} USING utf8mb4), {fields})"
+    # the SQL's names are the table's own columns, quoted; the batch is a parameter
+    values = conn.exec_driver_sql(
+        f"SELECT {joined} FROM raw_encounters WHERE batch_id = %s ORDER BY row_id", (batch_id,)).scalars().all()  # noqa: S608
+    if not values or not isinstance(values[0], str):
+        return None
+    rows, width = len(values), len(RAW_READ)
+    parts = pc.split_pattern(pa.array(values, type=pa.large_string()), chr(_FIELD_END))
+    if not pc.all(pc.equal(pc.list_value_length(parts), width)).as_py():
+        return None
+    flat = pc.list_flatten(parts)
+    columns: dict[str, pa.Array] = {}
+    marked: dict[str, int] = {}
+    for position, (name, can_be_null) in enumerate(zip(RAW_READ, nullable, strict=True)):
+        column = flat.take(pa.array(np.arange(position, rows * width, width)))
+        if can_be_null:
+            is_null = pc.equal(column, chr(_NULL_FIELD))
+            if marks := pc.sum(is_null).as_py():
+                marked[name] = marks
+                column = pc.if_else(is_null, pa.scalar(None, column.type), column)
+        columns[name] = column
+    if marked:  # the marks must be the column's NULLs, not values equal to the mark
+        counts = ", ".join(f"COUNT(*) - COUNT({quote(name)})" for name in marked)
+        nulls = conn.exec_driver_sql(
+            f"SELECT {counts} FROM raw_encounters WHERE batch_id = %s", (batch_id,)).one()  # noqa: S608
+        if list(nulls) != list(marked.values()) or rows in marked.values():
+            return None
+    return pd.DataFrame({
+        name: (pc.cast(column, pa.float64() if name in marked else pa.int64()).to_numpy(zero_copy_only=False)
+               if name == SOURCE_LINE else column.to_pandas())
+        for name, column in columns.items()
+    })
 
 
 def _already_clean(clean_store: Engine, ids: pd.Series, batch_id: str) -> dict[int, str]:
@@ -141,8 +198,9 @@ def preprocess_batch(
 ) -> Lineage:
     """Validate and clean one raw batch into CleanData (one transaction); idempotent.
 
-    ``on_chunk(rows_done)`` is called after each INSERT of clean rows, inside the transaction. A store
-    failing mid-batch raises ``PreprocessError``: nothing of the batch is kept and it stays pending.
+    ``on_chunk(rows_done)`` is called after each ``insert_chunk`` clean rows written (one INSERT or LOAD DATA: see
+    ``stores.bulk_insert``), inside the transaction. A store failing mid-batch raises ``PreprocessError``: nothing
+    of the batch is kept and it stays pending.
     """
     started = time.perf_counter()
     with clean_store.connect() as conn:
@@ -153,7 +211,7 @@ def preprocess_batch(
     with raw.connect() as conn:
         split = conn.execute(select(raw_batches.c.split).where(raw_batches.c.batch_id == batch_id)).scalar_one()
     at = db_timestamp(utcnow())
-    clean_columns = [c.name for c in clean_encounters.columns]
+    clean_columns = [c.name for c in clean_encounters.columns if c.name not in ("batch_id", "cleaned_at")]
     if split == UNREADABLE:
         rejected = _unreadable_records(raw, batch_id, at)
         clean_rows = pd.DataFrame(columns=clean_columns)
@@ -169,7 +227,7 @@ def preprocess_batch(
             for i in valid.loc[repeated, "encounter_id"]
         ]})
         cleaned = clean(valid[~repeated])
-        clean_rows = cleaned.clean.assign(batch_id=batch_id, cleaned_at=at)
+        clean_rows = cleaned.clean
         rejected = _rejected_records(batch_id, pd.concat([result.rejected, duplicates]).sort_index(), at)
         rows_in, excluded = len(frame), len(cleaned.excluded)
     lineage = Lineage(
@@ -183,12 +241,12 @@ def preprocess_batch(
         run_id=run_id,
     )
     try:
-        with clean_store.begin() as conn:
+        with bulk_engine(clean_store).begin() as conn:
             # a crashed earlier attempt cannot have left rows (one transaction), but be explicit
             conn.execute(delete(clean_encounters).where(clean_encounters.c.batch_id == batch_id))
             conn.execute(delete(rejected_rows).where(rejected_rows.c.batch_id == batch_id))
-            bulk_insert(conn, clean_encounters, clean_columns, frame_rows(clean_rows[clean_columns]),
-                        chunk=insert_chunk, on_chunk=on_chunk)
+            bulk_insert(conn, clean_encounters, clean_columns, clean_rows, chunk=insert_chunk, on_chunk=on_chunk,
+                        constants={"batch_id": batch_id, "cleaned_at": at})
             bulk_insert(conn, rejected_rows, REJECTED_COLUMNS, rejected, chunk=insert_chunk)
             if len(clean_rows):
                 refresh_history(conn, clean_rows["patient_nbr"].to_numpy())

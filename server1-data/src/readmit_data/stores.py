@@ -26,17 +26,28 @@ Widths come from the contract: raw values hold ``RAW_MAX_LENGTH`` characters (th
 longer field), clean text columns ``Column.max_length`` (validation rejects a longer value), so SQLite
 and MySQL store and refuse the same rows. Stores made by the previous version are migrated in place
 (``create_raw_schema`` / ``create_clean_schema``): see ``migrate_raw``.
+
+Loads and preprocessing write their rows with ``bulk_insert``: on MySQL / MariaDB ``LOAD DATA LOCAL INFILE``
+inside the caller's transaction (on connections of ``bulk_engine``), storing exactly what an INSERT stores;
+multi-row INSERTs where the server or client refuses it, and on SQLite.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import logging
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from readmit_contract.columns import COLUMN_NAMES, COLUMNS, ID_COLUMNS, RAW_MAX_LENGTH, TEXT_MAX_LENGTH
 from readmit_contract.history import CLEAN_ENCOUNTERS_TABLE, HISTORY_NAMES
 from readmit_contract.target import TARGET
@@ -62,6 +73,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger(__name__)
 
 UNREADABLE = "unreadable"
 """batch_id and split of the raw batch holding the source's malformed lines (raw_rejected)."""
@@ -234,30 +247,228 @@ def db_timestamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                chunk: int = 5_000, on_chunk: Callable[[int], None] | None = None) -> None:
-    """Insert row tuples with the driver's executemany (no per-row SQLAlchemy work), in chunks.
+LOAD_REFUSED = frozenset({1148, 2068, 3948, 4166})
+"""MySQL / MariaDB errors of a refused ``LOAD DATA LOCAL INFILE``: 1148 not allowed (client or server without
+local_infile), 2068 rejected by the client library, 3948 local data disabled (MySQL 8), 4166 the local infile
+capability disabled (MariaDB)."""
+LOAD_MIN_ROWS = 200
+"""Fewer rows are one multi-row INSERT: a file, a LOAD and its warnings check cost more than they save."""
+_SAVEPOINT = "readmit_bulk_load"
+_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\x00", "\\0"))
+"""LOAD DATA's escapes (``ESCAPED BY '\\'``), the escape character first; ``\\N`` is NULL."""
+_ESCAPED_BYTES = tuple(raw.encode() for raw, _ in _ESCAPES)
+_insert_only: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+"""Bulk engines whose server or client refused LOAD DATA LOCAL INFILE, with the reason (logged once)."""
+_bulk_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 
-    Values must be plain Python values the driver takes (str, int, float, None).
+
+def bulk_insert(conn: Connection, table: Table, columns: Sequence[str], rows: pd.DataFrame | Sequence[Sequence[Any]],
+                chunk: int = 5_000, on_chunk: Callable[[int], None] | None = None,
+                constants: Mapping[str, Any] | None = None, lines: pa.Array | None = None) -> None:
+    """Insert ``rows`` into ``table`` inside the caller's transaction, in chunks of ``chunk`` rows;
+    ``on_chunk(rows_done)`` after each chunk.
+
+    ``rows`` is a frame holding ``columns``, or row tuples in ``columns`` order of plain Python values (str, int,
+    float, None; a frame's missing values are NULL); ``constants`` are columns with one value for every row.
+
+    MySQL / MariaDB (PyMySQL, mysqlclient), on a connection of ``bulk_engine``: each chunk is one ``LOAD DATA LOCAL
+    INFILE`` of a temporary file (removed afterwards, also on failure), under a savepoint. LOCAL makes the server
+    take what an INSERT refuses (a value too long, a duplicate key, a malformed number) with a warning instead, so a
+    chunk it warned about (or did not store whole) is rolled back to the savepoint and INSERTed: the INSERT then
+    stores or refuses it exactly as always. A server or client that refuses LOCAL INFILE (``LOAD_REFUSED``), or no
+    temporary file, means multi-row INSERTs from then on for that engine, logged once. ``lines``: ``load_lines`` of
+    these rows, when the caller made them already (on another thread, say). Elsewhere (SQLite): the driver's
+    executemany (no per-row SQLAlchemy work).
     """
-    dialect = conn.dialect
-    quote = dialect.identifier_preparer.quote
-    placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-        f"VALUES ({', '.join([placeholder] * len(columns))})"
-    )
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        conn.exec_driver_sql(sql, list(part))
-        if on_chunk is not None:
-            on_chunk(start + len(part))
+    columns, constants = list(columns), dict(constants or {})
+    done = 0
+    if len(rows) >= LOAD_MIN_ROWS and _may_load(conn):
+        done = _load_data(conn, table, columns, rows, constants, chunk, on_chunk, lines)
+    if done < len(rows):
+        _insert(conn, table, columns, rows, constants, chunk, on_chunk, done, len(rows))
 
 
 def frame_rows(frame: pd.DataFrame) -> list[tuple]:
     """A frame's rows as tuples of plain Python values, None for missing (column by column: fast)."""
     columns = [frame.iloc[:, i].to_numpy(dtype=object, na_value=None) for i in range(frame.shape[1])]
     return list(zip(*columns, strict=True)) if columns else []
+
+
+def bulk_engine(engine: Engine) -> Engine:
+    """The engine of bulk write transactions (``bulk_insert``): ``engine`` itself, except on MySQL / MariaDB through
+    PyMySQL or mysqlclient, where it is a sibling of ``engine`` (same URL, its own pool, disposed with ``engine``)
+    whose connections may send ``LOAD DATA LOCAL INFILE``. Only those have the client's ``local_infile``: a server
+    may ask a client that has it for any file the client can read. A URL that sets ``local_infile`` itself decides
+    for both (``?local_infile=0``: bulk writes are INSERTs)."""
+    if not _mysql_driver(engine):
+        return engine
+    sibling = _bulk_engines.get(engine)
+    if sibling is None:
+        options = {} if "local_infile" in engine.url.query else {"connect_args": {"local_infile": True}}
+        sibling = create_engine(engine.url, pool_size=2, pool_pre_ping=True, pool_recycle=3600, **options)
+        event.listen(engine, "engine_disposed", lambda _engine: sibling.dispose())
+        _bulk_engines[engine] = sibling
+    return sibling
+
+
+def _mysql_driver(engine: Engine | Connection) -> bool:
+    return engine.dialect.name in ("mysql", "mariadb") and engine.dialect.driver in ("pymysql", "mysqldb")
+
+
+def _may_load(conn: Connection) -> bool:
+    return _mysql_driver(conn) and conn.engine not in _insert_only
+
+
+def _insert_only_from_now(conn: Connection, reason: str) -> None:
+    if conn.engine not in _insert_only:
+        _insert_only[conn.engine] = reason
+        log.warning("database %s: bulk writes are multi-row INSERTs, not LOAD DATA LOCAL INFILE: %s",
+                    conn.engine.url.database, reason)
+
+
+def _records(rows: pd.DataFrame | Sequence[Sequence[Any]], columns: list[str], start: int, stop: int,
+             constants: tuple) -> list[tuple]:
+    part = frame_rows(rows[columns].iloc[start:stop]) if isinstance(rows, pd.DataFrame) else rows[start:stop]
+    return [(*row, *constants) for row in part] if constants else list(part)
+
+
+def _insert(conn: Connection, table: Table, columns: list[str], rows: pd.DataFrame | Sequence[Sequence[Any]],
+            constants: dict[str, Any], chunk: int, on_chunk: Callable[[int], None] | None, start: int,
+            stop: int) -> None:
+    """Rows ``start`` .. ``stop`` - 1 with the driver's executemany (PyMySQL makes it multi-row INSERTs)."""
+    dialect = conn.dialect
+    quote = dialect.identifier_preparer.quote
+    placeholder = "?" if dialect.paramstyle == "qmark" else "%s"
+    names = [*columns, *constants]
+    targets, values = ", ".join(quote(c) for c in names), ", ".join([placeholder] * len(names))
+    sql = f"INSERT INTO {quote(table.name)} ({targets}) VALUES ({values})"  # noqa: S608 - quoted own names
+    records = _records(rows, columns, start, stop, tuple(constants.values()))
+    for begin in range(0, len(records), chunk):
+        part = records[begin : begin + chunk]
+        conn.exec_driver_sql(sql, part)
+        if on_chunk is not None:
+            on_chunk(start + begin + len(part))
+
+
+class _NotLoadable(Exception):
+    """Values a LOAD DATA file would not carry exactly as the INSERT path sends them (these rows are INSERTed)."""
+
+
+def _load_data(conn: Connection, table: Table, columns: list[str], rows: pd.DataFrame | Sequence[Sequence[Any]],
+               constants: dict[str, Any], chunk: int, on_chunk: Callable[[int], None] | None,
+               lines: pa.Array | None) -> int:
+    """``bulk_insert`` by LOAD DATA LOCAL INFILE; returns the rows written (fewer than all: INSERT the rest)."""
+    lines = load_lines(table, columns, rows) if lines is None else lines
+    if lines is None:
+        return 0
+    try:
+        fd, path = tempfile.mkstemp(prefix="readmit-load-", suffix=".tsv")
+    except OSError as exc:
+        _insert_only_from_now(conn, f"no temporary file ({type(exc).__name__}: {exc.strerror})")
+        return 0
+    quote = conn.dialect.identifier_preparer.quote
+    sql = (
+        f"LOAD DATA LOCAL INFILE %s INTO TABLE {quote(table.name)} CHARACTER SET utf8mb4 "
+        f"FIELDS TERMINATED BY X'09' ESCAPED BY X'5C' LINES TERMINATED BY X'0A' "
+        f"({', '.join(quote(c) for c in columns)})"
+        + (f" SET {', '.join(f'{quote(c)} = %s' for c in constants)}" if constants else "")
+    )
+    params = (path, *constants.values())
+    total = len(rows)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            for begin in range(0, total, chunk):
+                end = min(begin + chunk, total)
+                file.seek(0)
+                file.truncate()
+                file.write(_line_bytes(lines, begin, end))
+                file.flush()
+                conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")
+                try:
+                    result = conn.exec_driver_sql(sql, params)
+                except DBAPIError as exc:
+                    if _error_code(exc) not in LOAD_REFUSED:
+                        raise
+                    conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                    _insert_only_from_now(conn, f"LOAD DATA LOCAL INFILE refused ({store_failure(exc)})")
+                    return begin
+                warnings = getattr(result.context.cursor, "warning_count", None)  # PyMySQL's and mysqlclient's
+                if result.rowcount != end - begin or (warnings != 0 and _warned(conn)):
+                    conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+                    _insert(conn, table, columns, rows, constants, chunk, None, begin, end)
+                if on_chunk is not None:
+                    on_chunk(end)
+    finally:
+        with suppress(OSError):
+            os.unlink(path)
+    return total
+
+
+def _error_code(exc: DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _warned(conn: Connection) -> bool:
+    """Whether the last statement left a warning or an error (notes, which an INSERT leaves too, do not count)."""
+    return any(level != "Note" for level, *_ in conn.exec_driver_sql("SHOW WARNINGS").all())
+
+
+def load_lines(table: Table, columns: Sequence[str], rows: pd.DataFrame | Sequence[Sequence[Any]]) -> pa.Array | None:
+    """``rows`` (as ``bulk_insert`` takes them) as the lines of a LOAD DATA file, or None when a value would not
+    reach the table exactly as an INSERT sends it (those rows are INSERTed)."""
+    try:
+        return _tsv_lines(table, list(columns), rows)
+    except _NotLoadable:
+        return None
+
+
+def _tsv_lines(table: Table, columns: list[str], rows: pd.DataFrame | Sequence[Sequence[Any]]) -> pa.Array:
+    """One line per row in LOAD DATA's format (tab between fields, escapes, ``\\N`` for NULL), each ending in a
+    newline."""
+    if isinstance(rows, pd.DataFrame):
+        values: list[Any] = [rows[name] for name in columns]
+    else:
+        try:
+            values = list(zip(*rows, strict=True))
+        except ValueError as exc:
+            raise _NotLoadable("rows of different lengths") from exc
+    fields = []
+    for name, column in zip(columns, values, strict=True):
+        try:
+            array = pa.array(column, from_pandas=isinstance(rows, pd.DataFrame))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            raise _NotLoadable(name) from exc
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        fields.append(_field_text(array, table.c[name].type))
+    text = pa.large_string()
+    lines = pc.binary_join_element_wise(*fields, pa.scalar("\t", text))
+    return pc.binary_join_element_wise(lines, pa.scalar("", text), pa.scalar("\n", text))
+
+
+def _field_text(array: pa.Array, sql_type: Any) -> pa.Array:
+    """A column's values as LOAD DATA reads them into a column of ``sql_type`` exactly as the INSERT path stores
+    them: text escaped, integers in decimal, floats (into float columns only) in their shortest exact form."""
+    kind = array.type
+    if pa.types.is_integer(kind) or (pa.types.is_floating(kind) and isinstance(sql_type, Float)):
+        text = pc.cast(array, pa.large_string())
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
+        text = array.cast(pa.large_string())
+        data = text.buffers()[2]
+        content = b"" if data is None else data.to_pybytes()
+        if any(raw in content for raw in _ESCAPED_BYTES):
+            for raw, escaped in _ESCAPES:
+                text = pc.replace_substring(text, raw, escaped)
+    else:
+        raise _NotLoadable(str(kind))
+    return pc.fill_null(text, "\\N") if text.null_count else text
+
+
+def _line_bytes(lines: pa.Array, start: int, stop: int) -> memoryview:
+    """Lines ``start`` .. ``stop`` - 1 as the bytes of one file, without copying."""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
+    return memoryview(lines.buffers()[2])[offsets[lines.offset + start] : offsets[lines.offset + stop]]
 
 
 def make_engine(url: str) -> Engine:

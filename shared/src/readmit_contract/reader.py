@@ -13,7 +13,9 @@ it comes back as a ``RejectedLine`` with its number and reason, and the next lin
 
 The format is line-oriented: no value of the contract can hold a line break, so a record is one
 physical line and one bad line never swallows the next ones. Blank lines carry nothing and are
-skipped. Good lines go through pandas' C parser (the same dialect as the csv module that vetted them).
+skipped. Good lines go through pandas' C parser (the same dialect as the csv module that vetted them); a chunk
+whose lines hold no quote (nor a byte-order mark) is split at its commas by Arrow's CSV reader with quoting off,
+which is the same and several times faster.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+
+try:
+    import pyarrow as pa
+    from pyarrow import compute as arrow_compute
+    from pyarrow import csv as arrow_csv
+except ImportError:  # pragma: no cover - pandas does all then
+    pa = arrow_compute = arrow_csv = None
 
 from .columns import COLUMN_NAMES, RAW_MAX_LENGTH
 from .dataset import DatasetError
@@ -73,11 +82,23 @@ def _too_long(rows: pd.DataFrame) -> list[str | None]:
     """Per row: the reason naming every field longer than ``RAW_MAX_LENGTH``, or None."""
     reasons: list[str | None] = [None] * len(rows)
     for name in COLUMN_NAMES:
-        long = (rows[name].astype("str").str.len() > RAW_MAX_LENGTH).fillna(False).to_numpy(dtype=bool)
+        long = _longer_than_raw(rows[name])
         for position in np.flatnonzero(long):
             message = f"{name}: value too long (max {RAW_MAX_LENGTH})"
             reasons[position] = message if reasons[position] is None else f"{reasons[position]}; {message}"
     return reasons
+
+
+def _longer_than_raw(column: pd.Series) -> np.ndarray:
+    """Per row: whether the value as text is longer than ``RAW_MAX_LENGTH`` (missing: no). Arrow-backed text is
+    measured by Arrow at once (what ``.str.len()`` does for it), anything else as text first."""
+    if pa is not None and isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow":
+        lengths = arrow_compute.utf8_length(pa.array(column))
+        if (arrow_compute.max(lengths).as_py() or 0) <= RAW_MAX_LENGTH:
+            return np.zeros(len(column), dtype=bool)
+        long = arrow_compute.fill_null(arrow_compute.greater(lengths, RAW_MAX_LENGTH), False)
+        return long.to_numpy(zero_copy_only=False).astype(bool)
+    return (column.astype("str").str.len() > RAW_MAX_LENGTH).fillna(False).to_numpy(dtype=bool)
 
 
 def _split_off_too_long(rows: pd.DataFrame, texts: list[str] | None) -> tuple[pd.DataFrame, list[RejectedLine]]:
@@ -127,10 +148,17 @@ def _read_line(fh: BinaryIO) -> tuple[bytes, bool]:
 
 def _fields(text: str) -> list[str]:
     """The fields of one line; ``csv.Error`` when it is not one well-formed CSV record."""
+    fields = _quoted_fields(text)
+    return text.split(",") if fields is None else fields
+
+
+def _quoted_fields(text: str) -> list[str] | None:
+    """The fields of a line holding a quote, None for a line without (its fields are ``text.split(",")``);
+    ``csv.Error`` when it is not one well-formed CSV record."""
     if "\r" in text or "\x00" in text:
         raise csv.Error("a carriage return or NUL inside the line")
     if '"' not in text:
-        return text.split(",")
+        return None
     return next(csv.reader([text], strict=True))
 
 
@@ -167,6 +195,7 @@ class CsvSource(RawSource):
                 good: list[str] = []
                 lines: list[int] = []
                 rejected: list[RejectedLine] = []
+                plain = True  # no good line holds a quote or a byte-order mark
                 while len(good) + len(rejected) < chunk_rows:
                     raw, over_long = _read_line(fh)
                     if not raw:
@@ -187,15 +216,17 @@ class CsvSource(RawSource):
                     if not text.strip():
                         continue
                     try:
-                        fields = _fields(text)
+                        fields = _quoted_fields(text)
                     except csv.Error as exc:
                         rejected.append(RejectedLine(number, f"malformed CSV: {exc}", text[:REJECTED_TEXT_CHARS]))
                         continue
-                    if len(fields) != width:
-                        reason = f"ragged line: {len(fields)} fields, the header has {width}"
+                    count = text.count(",") + 1 if fields is None else len(fields)
+                    if count != width:
+                        reason = f"ragged line: {count} fields, the header has {width}"
                         rejected.append(RejectedLine(number, reason, text[:REJECTED_TEXT_CHARS]))
                         continue
                     if len(text) > RAW_MAX_LENGTH:  # only then can a field be too long
+                        fields = text.split(",") if fields is None else fields
                         long = [f"{self.header[i]}: value too long (max {RAW_MAX_LENGTH})"
                                 for i in positions if len(fields[i]) > RAW_MAX_LENGTH]
                         if long:
@@ -203,10 +234,33 @@ class CsvSource(RawSource):
                             continue
                     good.append(text)
                     lines.append(number)
-                rows = self._parse(good, positions)
+                    plain = plain and '"' not in text and "\ufeff" not in text
+                rows = self._split(good, positions) if plain and arrow_csv else self._parse(good, positions)
                 rows[SOURCE_LINE] = np.asarray(lines, dtype="int64")
                 if len(rows) or rejected:
                     yield RawChunk(rows.reset_index(drop=True), rejected, fh.tell())
+
+    def _split(self, good: list[str], positions: list[int]) -> pd.DataFrame:
+        """Lines without quotes (or byte-order marks) split at their commas, as ``_parse`` reads them."""
+        if not good:
+            return self._parse(good, positions)
+        names = [f"f{i}" for i in range(len(self.header))]
+        try:
+            table = arrow_csv.read_csv(
+                io.BytesIO("\n".join(good).encode("utf-8")),
+                read_options=arrow_csv.ReadOptions(column_names=names, block_size=4 * MAX_LINE_BYTES),
+                parse_options=arrow_csv.ParseOptions(quote_char=False, double_quote=False, escape_char=False,
+                                                     newlines_in_values=False, ignore_empty_lines=False),
+                convert_options=arrow_csv.ConvertOptions(
+                    column_types=dict.fromkeys(names, pa.string()), include_columns=[names[i] for i in positions],
+                    null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False),
+            )
+        except pa.ArrowException:  # never seen: the lines were vetted; let pandas read them then
+            return self._parse(good, positions)
+        if table.num_rows != len(good):  # never seen either
+            return self._parse(good, positions)
+        rows = table.rename_columns([self.header[i] for i in positions]).to_pandas()
+        return rows[list(COLUMN_NAMES)].astype("str")
 
     def _parse(self, good: list[str], positions: list[int]) -> pd.DataFrame:
         if not good:
