@@ -127,3 +127,19 @@ def test_the_transform_step_is_the_contracts_records_path(pipelines, rows):
     records = _records(rows, 50)
     assert np.array_equal(model.transform(records), pipelines["boosting"][:-1].transform(records), equal_nan=True)
     assert isinstance(pipelines["boosting"], Pipeline)
+
+
+def test_a_forest_is_interpreted_at_every_call_size(pipelines, rows):
+    """Boosted trees above 64 encounters go to scikit-learn until compiled; a forest's calls all stay with Treelite
+    (its interpreter beats scikit-learn's per-tree walk at a batch slice too) and give the same probabilities."""
+    pipeline = pipelines["calibrated_forest"]
+    interpreted = interpreted_if_equal(pipeline)
+    assert interpreted is not None and interpreted.imported.forest
+    assert not interpreted_if_equal(pipelines["boosting"]).imported.forest
+    model = LoadedModel(pipeline, "m", "1", "champion", "run", 0.2, 0.1, trees=interpreted)
+    calls = []
+    positive = interpreted.positive
+    interpreted.positive = lambda X: calls.append(len(X)) or positive(X)
+    records = _records(rows, 300)
+    np.testing.assert_allclose(model.predict(records), pipeline.predict_proba(records)[:, 1], rtol=0, atol=1e-9)
+    assert calls == [300]

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 INLINE_MAX_ROWS = INTERPRETED_MAX_ROWS
 """Model calls of at most this many encounters on a model evaluated by Treelite run on the event loop itself
-(Treelite evaluates them, interpreted or compiled: ``LoadedModel.predict``)."""
+(Treelite evaluates every call of this size, interpreted or compiled: ``LoadedModel.predict``)."""
 
 
 class NoModelError(RuntimeError):
