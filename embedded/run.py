@@ -4,12 +4,15 @@ Same code as the cluster, with SQLite stores, a local MLflow (SQLite + local art
 and Airflow on a SQLite metadata DB, everything under ./var:
 
     up [--source download|PATH|synthetic[:ROWS]]
-        1. starts MLflow (unless it already answers)
+        1. starts MLflow (unless it already answers); it comes up while step 2 runs, and Airflow's
+           metadata DB is migrated meanwhile (embedded/pipeline.py)
         2. gets the data and loads every raw batch into RawData (batches already there are kept)
         3. runs preprocess_incremental and, when CleanData changed or no champion exists yet,
-           train_and_register, for real, through `airflow dags test`
-        4. starts the API and the Streamlit UI, waits until the API is ready
+           train_and_register, for real, through `airflow dags test` (one Airflow process for both);
+           the Streamlit UI starts meanwhile, the API once the champion's test metrics are recorded
+        4. waits until the API (its model loaded) and the UI answer
         5. prints their URLs and a summary (rows per store, champion version and metrics)
+       Each step says how long it took; a DAG, how long each of its tasks took.
     down      stops what `up` started
     status    what is running
 
@@ -25,6 +28,7 @@ import base64
 import functools
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -32,6 +36,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +116,21 @@ def service_env(env: dict[str, str], name: str) -> dict[str, str]:
     return out
 
 
-def step(message: str) -> None:
-    print(f"\n==> {message}", flush=True)
+STEP_SECONDS: list[tuple[str, float]] = []
+"""The steps of this run so far and how long each took."""
+_current_step: list = []
+
+
+def step(message: str | None) -> None:
+    """Start step ``message`` (None: none), saying how long the previous one took."""
+    if _current_step:
+        name, started = _current_step.pop(), _current_step.pop()
+        seconds = time.perf_counter() - started
+        STEP_SECONDS.append((name, seconds))
+        print(f"  [{name}: {seconds:.1f} s]", flush=True)
+    if message is not None:
+        print(f"\n==> {message}", flush=True)
+        _current_step.extend([time.perf_counter(), message.split(" ", 1)[0]])
 
 
 def read_env() -> dict[str, str]:
@@ -149,12 +167,13 @@ def base_url(env: dict[str, str], port_var: str) -> str:
     return f"http://{env['API_HOST']}:{env[port_var]}"
 
 
-def start(name: str, env: dict[str, str]) -> None:
+def launch(name: str, env: dict[str, str]) -> float | None:
+    """Start service ``name`` unless it answers already, without waiting for it: when it was started (``ready``
+    waits for it), or None when it was running."""
     command, health, port_var = SERVICES[name]
-    url = base_url(env, port_var) + health
-    if answers(url):
+    if answers(base_url(env, port_var) + health):
         print(f"{name}: already running at {base_url(env, port_var)}")
-        return
+        return None
     RUN.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     argv = [part.format(**env) for part in command]
@@ -162,8 +181,22 @@ def start(name: str, env: dict[str, str]) -> None:
         process = subprocess.Popen(argv, env=service_env(env, name), stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
     (RUN / f"{name}.pid").write_text(str(process.pid))
-    wait_for(url, 180, name)
-    print(f"{name}: started at {base_url(env, port_var)} (log: {LOGS / (name + '.log')})")
+    print(f"{name}: starting (log: {LOGS / (name + '.log')})", flush=True)
+    return time.perf_counter()
+
+
+def ready(name: str, env: dict[str, str], launched: float | None) -> None:
+    """Wait until service ``name``, started at ``launched`` by ``launch``, answers (nothing when it was running)."""
+    if launched is None:
+        return
+    _, health, port_var = SERVICES[name]
+    wait_for(base_url(env, port_var) + health, 180, name)
+    print(f"{name}: started at {base_url(env, port_var)}, {time.perf_counter() - launched:.1f} s after its launch",
+          flush=True)
+
+
+def start(name: str, env: dict[str, str]) -> None:
+    ready(name, env, launch(name, env))
 
 
 def run(argv: list[str], env: dict[str, str], quiet: bool = False) -> subprocess.CompletedProcess:
@@ -175,22 +208,127 @@ def run(argv: list[str], env: dict[str, str], quiet: bool = False) -> subprocess
     return done
 
 
+_TASK_EVENT = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\S+) map_index=(-?\d+)")
+
+
+class DagOutput:
+    """What a DAG run prints on stdout: into its log, the tasks' own lines to the screen, and the time of each
+    task from Airflow's "[DAG TEST] starting / end task" lines."""
+
+    def __init__(self, dag_id: str, log_path: Path) -> None:
+        self.dag_id, self.log_path = dag_id, log_path
+        self.log = open(log_path, "a")  # noqa: SIM115 - closed by finish(); stderr appends to the same file
+        self.started = time.perf_counter()
+        self.running: dict[tuple[str, int], datetime] = {}
+        self.tasks: list[tuple[str, float]] = []
+
+    def line(self, line: str) -> None:
+        self.log.write(line + "\n")
+        event = _TASK_EVENT.match(line)
+        if event:
+            stamp, kind, task, index = event.groups()
+            key, at = (task, int(index)), datetime.fromisoformat(stamp)
+            if kind == "starting":
+                self.running[key] = at
+            elif key in self.running:
+                name = task if key[1] < 0 else f"{task}[{key[1]}]"
+                self.tasks.append((name, (at - self.running.pop(key)).total_seconds()))
+        elif line and not line.startswith(("20", "[", " ", "\t")) and "graphviz" not in line:
+            print(f"  {line}", flush=True)
+
+    def finish(self, ok: bool, seconds: float | None = None) -> None:
+        self.log.close()
+        seconds = time.perf_counter() - self.started if seconds is None else seconds
+        shown = self.log_path.relative_to(ROOT) if self.log_path.is_relative_to(ROOT) else self.log_path
+        if not ok:
+            raise SystemExit(f"DAG {self.dag_id} failed; see {shown}")
+        print(f"  {self.dag_id}: success in {seconds:.0f} s (log: {shown})")
+        if self.tasks:
+            outside = seconds - sum(s for _, s in self.tasks)
+            print("    tasks: " + ", ".join(f"{name} {s:.1f} s" for name, s in self.tasks)
+                  + f"; Airflow around them {outside:.1f} s", flush=True)
+
+
 def dag_test(dag_id: str, env: dict[str, str], conf: dict | None = None) -> None:
-    """Run one DAG for real (with ``conf``, the run's parameters); Airflow's own log goes to
-    var/log/airflow-DAG.log, the task prints to the screen."""
-    started = time.perf_counter()
+    """Run one DAG for real (with ``conf``, the run's parameters) in an `airflow dags test` process; Airflow's own
+    log goes to var/log/airflow-DAG.log, the tasks' lines to the screen as they come."""
     log_path = LOGS / f"airflow-{dag_id}.log"
+    log_path.write_text("")
+    output = DagOutput(dag_id, log_path)
     argv = [str(BIN / "airflow"), "dags", "test", dag_id, *(["--conf", json.dumps(conf)] if conf else [])]
-    done = subprocess.run(argv, env=service_env(env, "training"), cwd=ROOT, text=True, capture_output=True,
-                          stdin=subprocess.DEVNULL)
-    log_path.write_text(done.stdout + done.stderr)
-    shown = log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path
-    for line in done.stdout.splitlines():  # what the tasks printed (not Airflow's structured log lines)
-        if line and not line.startswith(("20", "[", " ", "\t")) and "graphviz" not in line:
-            print(f"  {line}")
-    if done.returncode != 0:
-        raise SystemExit(f"DAG {dag_id} failed; see {shown}")
-    print(f"  {dag_id}: success in {time.perf_counter() - started:.0f} s (log: {shown})")
+    with open(log_path, "a") as errors:
+        process = subprocess.Popen(argv, env=service_env(env, "training"), cwd=ROOT, text=True,
+                                   stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL)
+        for line in process.stdout:
+            output.line(line.rstrip("\n"))
+        process.wait()
+    output.finish(process.returncode == 0)
+
+
+class Pipeline:
+    """embedded/pipeline.py: Airflow's part of `up` in one process. Started with step 1 (it migrates Airflow's
+    metadata DB and imports the tasks' modules meanwhile), told to go once the raw data is in and MLflow answers."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.errors = open(LOGS / "airflow-pipeline.log", "w")  # noqa: SIM115 - closed by stop()
+        self.process = subprocess.Popen(  # noqa: S603 - our own script, with our interpreter
+            [sys.executable, str(ROOT / "embedded" / "pipeline.py"), str(LOGS)], env=service_env(env, "training"),
+            cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors)
+        self.status = ""
+
+    def _lines(self):
+        for line in self.process.stdout:
+            yield line.rstrip("\n")
+
+    def migrated(self) -> None:
+        """Wait until Airflow's metadata DB is migrated."""
+        for line in self._lines():
+            if line.startswith("@@migrated "):
+                print(f"airflow db migrate: done in {float(line.split()[1]):.1f} s (beside steps 1-2)")
+                return
+            if line.startswith("@@failed"):
+                break
+        log = LOGS / "airflow-db-migrate.log"
+        print(log.read_text()[-4000:] if log.exists() else "")
+        raise SystemExit(f"failed: airflow db migrate (see {log} and {LOGS / 'airflow-pipeline.log'})")
+
+    def run_dags(self, on_line) -> None:
+        """Go: preprocess_incremental, then train_and_register if needed; ``on_line(line)`` sees every line."""
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        output: DagOutput | None = None
+        for line in self._lines():
+            on_line(line)
+            if line.startswith("@@dag "):
+                _, dag_id, path = line.split(" ", 2)
+                output = DagOutput(dag_id, Path(path))
+            elif line.startswith("@@done "):
+                _, dag_id, result, seconds = line.split()
+                output.finish(result == "success", float(seconds))
+                output = None
+            elif line.startswith("@@skip "):
+                print("  CleanData unchanged and a champion exists: train_and_register not needed")
+            elif line.startswith("@@status "):
+                self.status = json.loads(line.split(" ", 1)[1])
+            elif output is not None:
+                output.line(line)
+        if self.process.wait() != 0:
+            raise SystemExit(f"failed: Airflow (exit {self.process.returncode}); see {LOGS / 'airflow-pipeline.log'}")
+
+    def stop(self) -> None:
+        """End the process if it still runs (an earlier step failed)."""
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()  # it waits for "go" (after the migration): a closed stdin ends it
+                self.process.wait(timeout=120)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        self.errors.close()
 
 
 def champion(env: dict[str, str]) -> dict | None:
@@ -216,25 +354,38 @@ def up(source: str) -> None:
     credentials()
 
     step("1/5 MLflow tracking server (SQLite backend, local artifacts)")
-    start("mlflow", env)
+    mlflow_started = launch("mlflow", env)
+    pipeline = Pipeline(env)
+    print(f"airflow: migrating its metadata DB meanwhile (log: {LOGS / 'airflow-db-migrate.log'})")
+    launched: dict[str, float | None] = {}
 
-    step(f"2/5 raw data from {source} into RawData ({env['RAW_DB_URL']})")
-    run([str(BIN / "readmit-data"), "load", "--batch", "all"], env)
+    def on_line(line: str) -> None:  # the API reads the champion's test metrics once, when it loads the model
+        if line.startswith("champion test metrics:") and "api" not in launched:
+            launched["api"] = launch("api", env)
 
-    step("3/5 Airflow: preprocess_incremental, then train_and_register")
-    run([str(BIN / "airflow"), "db", "migrate"], env, quiet=True)
-    before = run([str(BIN / "readmit-data"), "status"], env, quiet=True).stdout
-    dag_test("preprocess_incremental", env)
-    after = run([str(BIN / "readmit-data"), "status"], env, quiet=True).stdout
-    if before == after and champion(env) is not None:
-        print("  CleanData unchanged and a champion exists: train_and_register not needed")
-    else:
-        dag_test("train_and_register", env)
+    try:
+        step(f"2/5 raw data from {source} into RawData ({env['RAW_DB_URL']})")
+        loading = time.perf_counter()
+        run([str(BIN / "readmit-data"), "load", "--batch", "all"], env)
+        print(f"raw load: {time.perf_counter() - loading:.1f} s")
+        ready("mlflow", env, mlflow_started)
+        pipeline.migrated()
+
+        step("3/5 Airflow: preprocess_incremental, then train_and_register")
+        launched["ui"] = launch("ui", env)  # needs nothing from the DAGs: it starts while they run
+        pipeline.run_dags(on_line)
+    finally:
+        pipeline.stop()
+    after = pipeline.status
 
     step("4/5 inference API and Streamlit UI")
-    start("api", env)
+    if "api" not in launched:
+        launched["api"] = launch("api", env)
+    ready("api", env, launched["api"])
+    waiting = time.perf_counter()
     wait_for(base_url(env, "API_PORT") + "/ready", 180, "API readiness")
-    start("ui", env)
+    print(f"api: ready (model loaded) {time.perf_counter() - waiting:.1f} s later")
+    ready("ui", env, launched["ui"])
 
     step("5/5 summary")
     print(after.strip())
@@ -257,7 +408,9 @@ def up(source: str) -> None:
     print(f"\nCredentials (drawn on the first run, mode 0600): {shown}")
     print("  Streamlit UI: UI_USERNAME / UI_PASSWORD; MLflow: MLFLOW_AUTH_READER_USERNAME / _PASSWORD (read-only);")
     print("  API: header X-API-Key with API_KEY_HOSPITAL (e.g. in /docs, Authorize)")
-    print(f"\nup in {time.perf_counter() - started:.0f} s; `make down` stops the services.")
+    step(None)
+    print("\nseconds per step: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in STEP_SECONDS))
+    print(f"up in {time.perf_counter() - started:.0f} s; `make down` stops the services.")
 
 
 def _pids() -> dict[str, int]:

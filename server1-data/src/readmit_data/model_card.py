@@ -304,12 +304,18 @@ def build_card(*, candidate: str, run_id: str, pipeline: Any, threshold: float, 
                samples: int = 500, seed: int = 0) -> ModelCard:
     """The card of one fitted Pipeline. ``train`` summarises its training rows: ``batches``, ``rows``,
     ``patients``, ``positive_rate``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     p_val = pipeline.predict_proba(validation)[:, 1]
-    evaluation = {"validation": assess("validation", validation, p_val, threshold, min_group_rows=min_group_rows,
-                                       samples=samples, seed=seed)}
+    scored = {"validation": (validation, p_val)}
     if test is not None and not test.empty:
-        evaluation["test"] = assess("test", test, pipeline.predict_proba(test)[:, 1], threshold,
-                                    min_group_rows=min_group_rows, samples=samples, seed=seed)
+        scored["test"] = (test, pipeline.predict_proba(test)[:, 1])
+    # the splits' assessments are independent (each seeded alike): one thread each, so the bootstraps' numpy
+    # work of one runs on the second core while the other is in Python
+    with ThreadPoolExecutor(max_workers=len(scored)) as pool:
+        futures = {split: pool.submit(assess, split, frame, p, threshold, min_group_rows=min_group_rows,
+                                      samples=samples, seed=seed) for split, (frame, p) in scored.items()}
+        evaluation = {split: future.result() for split, future in futures.items()}
     splits = {"validation": validation, **({"test": test} if test is not None and not test.empty else {})}
     data = DataSummary(
         train_batches=list(train["batches"]),

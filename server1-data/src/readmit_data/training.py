@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -234,9 +236,45 @@ class CandidateResult:
     model_uri: str
     metrics: dict[str, float] = field(default_factory=dict)
     threshold: float = 0.5
+    lineage: dict[str, str] = field(default_factory=dict)
+    """Tags the registered version carries besides the decision: how the model was made when it was not trained
+    from scratch (``training.mode``, ``warm_start.*``: readmit_data.warm_start); empty for a retrained candidate."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MODE_TAG = "training.mode"
+"""Run (and version) tag naming how a run trained: ``warm_start`` or ``learning_curve``; retrained runs have none."""
+RETRAIN, WARM_START, LEARNING_CURVE = "retrain", "warm_start", "learning_curve"
+TRAINING_MODES = (RETRAIN, WARM_START, LEARNING_CURVE)
+"""train_and_register's ``mode``: retrain every candidate from scratch (the default), continue the champion with
+the batches it has not learnt from (readmit_data.warm_start), or a learning curve (readmit_data.learning_curve)."""
+
+
+def mode_candidates(settings: DataSettings, mode: str, requested: list[str] | None) -> list[str]:
+    """The candidates a train_and_register run of ``mode`` trains: ``requested`` or the ``CANDIDATES`` setting
+    (retrain); the champion's candidate (warm start); ``requested``, else the champion's candidate (learning
+    curve). ``ValueError`` for an unknown mode or candidate, or when nothing says which candidate."""
+    from .candidates import CANDIDATES
+
+    if mode not in TRAINING_MODES:
+        raise ValueError(f"unknown training mode {mode!r}: choose from {list(TRAINING_MODES)}")
+    names = list(requested or [])
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown:
+        raise ValueError(f"unknown candidates {unknown}: choose from {sorted(CANDIDATES)}")
+    if mode == RETRAIN:
+        return names or settings.candidate_names
+    if mode == LEARNING_CURVE and names:
+        return names
+    from .warm_start import champion_candidate
+
+    version, candidate = champion_candidate(settings)
+    if mode == WARM_START and names and names != [candidate]:
+        raise ValueError(f"warm_start continues the champion (v{version}, {candidate}): candidates must be empty "
+                         f"or [{candidate!r}], not {names}")
+    return [candidate]
 
 
 def train_candidate(
@@ -255,20 +293,29 @@ def train_candidate(
     validation = read_split(clean_store, "validation")
     pipeline = build_pipeline(candidate, settings.random_seed)
 
+    with candidate_run(settings, candidate, {"candidate": candidate, **(tags or {})}) as run_id:
+        return _fit_and_log(settings, pipeline, candidate, snapshot, train, validation, run_id)
+
+
+@contextmanager
+def candidate_run(settings: DataSettings, name: str, tags: dict[str, str]) -> Iterator[str]:
+    """An MLflow run named ``name`` in the training experiment (yields its id), closed when the block ends and
+    marked failed when it raises. ``RegistryError`` when MLflow fails to start or close it."""
+    import mlflow
+
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    with registry_call(settings, f"starting a run of {candidate} in experiment {settings.experiment_name!r}",
+    with registry_call(settings, f"starting a run of {name} in experiment {settings.experiment_name!r}",
                        "nothing was trained; a retry of the task trains the candidate"):
         mlflow.set_experiment(settings.experiment_name)
-        run = mlflow.start_run(run_name=candidate, tags={"candidate": candidate, **(tags or {})})
+        run = mlflow.start_run(run_name=name, tags=tags)
     try:
-        result = _fit_and_log(settings, pipeline, candidate, snapshot, train, validation, run.info.run_id)
+        yield run.info.run_id
     except BaseException:
         _end_failed_run(settings, run.info.run_id)
         raise
-    with registry_call(settings, f"closing run {run.info.run_id} of {candidate}",
+    with registry_call(settings, f"closing run {run.info.run_id} of {name}",
                        "the candidate is logged but its run is not marked finished; a retry trains it again"):
         mlflow.end_run()
-    return result
 
 
 def _end_failed_run(settings: DataSettings, run_id: str) -> None:
@@ -285,9 +332,6 @@ def _end_failed_run(settings: DataSettings, run_id: str) -> None:
 
 def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, snapshot: Snapshot,
                  train: pd.DataFrame, validation: pd.DataFrame, run_id: str) -> CandidateResult:
-    import mlflow
-    from mlflow.models import infer_signature
-
     fit_rows = with_history_dropout(train, settings.history_dropout, settings.random_seed)
     searched = None
     if settings.search_seconds > 0:
@@ -298,6 +342,20 @@ def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, sna
     started = time.perf_counter()
     fit_pipeline(pipeline, fit_rows, train[TARGET].to_numpy())
     seconds = time.perf_counter() - started
+    return log_fitted(settings, pipeline, candidate, snapshot, train, validation, run_id, seconds, searched)
+
+
+def log_fitted(settings: DataSettings, pipeline: Pipeline, candidate: str, snapshot: Snapshot, train: pd.DataFrame,
+               validation: pd.DataFrame, run_id: str, seconds: float, searched: Any = None,
+               extra_params: dict[str, Any] | None = None, extra_metrics: dict[str, float] | None = None,
+               lineage: dict[str, str] | None = None) -> CandidateResult:
+    """Evaluate the fitted ``pipeline`` on ``validation`` and log it to the active run ``run_id`` as a candidate:
+    parameters (+ ``extra_params``), lineage (``snapshot``; ``lineage`` also as run tags and on the result, for
+    the registered version), metrics (+ ``extra_metrics``), plots and the model. ``train``: the rows it learnt
+    from (their count and positive rate are logged)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
     y_val = validation[TARGET].to_numpy()
     proba = pipeline.predict_proba(validation)[:, 1]
     threshold = choose_threshold(y_val, proba)
@@ -307,26 +365,30 @@ def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, sna
         y_val, pipeline.predict_proba(validation.assign(**dict.fromkeys(HISTORY_NAMES, np.nan)))[:, 1]))
     failed = "the run is marked failed and nothing was registered; a retry of the task trains the candidate again"
 
-    with registry_call(settings, f"logging {candidate}'s parameters and metrics (run {run_id})", failed):
+    # Parameters before the model (MLflow copies the run's parameters onto the logged model), metrics after it,
+    # linked to it in the same call: logged before, MLflow would link them afterwards itself by reading each
+    # metric's history back (one request per metric, about 20 per candidate, each a password check on a
+    # server with authentication). Same metrics on the run and on its logged model either way.
+    with registry_call(settings, f"logging {candidate}'s parameters (run {run_id})", failed):
         mlflow.log_params(_flat_params(pipeline))
         mlflow.log_params({
             "train_batches": ",".join(snapshot.train_batches),
             "n_features": len(pipeline.named_steps["features"].feature_names_),
         })
-        mlflow.set_tags({"data.train_batches": ",".join(snapshot.train_batches)})
-        mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
-        mlflow.log_metrics({
-            "threshold": threshold,
-            "train_seconds": seconds,
-            "train_rows": len(train),
-            "validation_rows": len(validation),
-            "train_positive_rate": float(train[TARGET].mean()),
-        })
+        mlflow.set_tags({"data.train_batches": ",".join(snapshot.train_batches), **(lineage or {})})
+        if extra_params:
+            mlflow.log_params(extra_params)
+    run_metrics = {f"val_{k}": v for k, v in metrics.items()} | {
+        "threshold": threshold,
+        "train_seconds": seconds,
+        "train_rows": len(train),
+        "validation_rows": len(validation),
+        "train_positive_rate": float(train[TARGET].mean()),
+    } | (extra_metrics or {})
     if searched is not None:
+        run_metrics |= {"search_cv_roc_auc": searched.cv_roc_auc, "search_trials": searched.trials,
+                        "search_seconds": searched.seconds, "search_default_cv_roc_auc": searched.default_cv_roc_auc}
         with registry_call(settings, f"logging {candidate}'s parameter search (run {run_id})", failed):
-            mlflow.log_metrics({"search_cv_roc_auc": searched.cv_roc_auc, "search_trials": searched.trials,
-                                "search_seconds": searched.seconds,
-                                "search_default_cv_roc_auc": searched.default_cv_roc_auc})
             mlflow.log_dict({"best": searched.params, "trials": searched.history}, "search/trials.json")
     with registry_call(settings, f"storing {candidate}'s lineage and plots in MLflow's artifact store (run {run_id})",
                        failed):
@@ -355,4 +417,6 @@ def _fit_and_log(settings: DataSettings, pipeline: Pipeline, candidate: str, sna
             metadata={"threshold": threshold, "train_positive_rate": float(train[TARGET].mean()),
                       "candidate": candidate},
         )
-    return CandidateResult(candidate, run_id, info.model_uri, metrics, threshold)
+    with registry_call(settings, f"logging {candidate}'s metrics (run {run_id})", failed):
+        mlflow.log_metrics(run_metrics, model_id=info.model_id)
+    return CandidateResult(candidate, run_id, info.model_uri, metrics, threshold, dict(lineage or {}))
