@@ -454,6 +454,9 @@ def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
     serving_defaults = ServingSettings.model_construct()
     embedded = _embedded_env()
     assert literal["TREES_COMPILE"] == embedded["TREES_COMPILE"] == "true" and serving_defaults.trees_compile
+    # POST /model/reload: the team's own key only, in both (the code's default); the UI and Locust may not
+    assert literal["MODEL_RELOAD_CALLERS"] == embedded["MODEL_RELOAD_CALLERS"] == "hospital"
+    assert ServingSettings(API_KEYS="a:" + "k" * 32).model_reload_callers == {"hospital"}
     for alias in overload:
         default = float(getattr(serving_defaults, serving_aliases[alias]))
         assert float(literal[alias]) == default, alias

@@ -171,6 +171,53 @@ def test_hot_swap_while_a_client_keeps_sending(registered, encounters, tmp_path)
     assert (cache / name / old / "MLmodel").exists() and (cache / name / new / "MLmodel").exists()
 
 
+def _copy_versions(client: MlflowClient, registered, name: str) -> dict[str, str]:
+    """The registered versions again under model ``name`` (same artifacts, run and tags: no training)."""
+    client.create_registered_model(name)
+    copies = {}
+    for candidate, version in registered.versions.items():
+        original = client.get_model_version(registered.model_name, version)
+        copy = client.create_model_version(name, original.source, run_id=original.run_id, tags=original.tags,
+                                           model_id=original.model_id or original.source.removeprefix("models:/"))
+        copies[candidate] = str(copy.version)
+    return copies
+
+
+def test_model_reload_checks_the_alias_now(registered, encounters, tmp_path):
+    """POST /model/reload: the alias moved, the watcher's next poll is an hour away, the new version serves at
+    once; only the callers in MODEL_RELOAD_CALLERS may ask; a missing alias is 503 and the old version serves."""
+    name = registered.model_name + "-reload"
+    client = MlflowClient(registered.tracking_uri)
+    versions = _copy_versions(client, registered, name)
+    old, new = versions["hist_gradient_boosting"], versions["logistic_regression"]
+    client.set_registered_model_alias(name, "champion", old)
+    url, process = api_process(tmp_path, registered.tracking_uri, name, poll_seconds=3600,
+                               MODEL_RELOAD_CALLERS="tests")
+    with process, httpx.Client(base_url=url, headers=AUTH, timeout=60) as http:
+        wait_http(f"{url}/ready", timeout=120)
+        client.set_registered_model_alias(name, "champion", new)
+        assert http.post("/predict", json=encounters[0]).json()["model_version"] == old  # not polled yet
+        assert httpx.post(f"{url}/model/reload").status_code == 401
+        forbidden = httpx.post(f"{url}/model/reload", headers={"X-API-Key": KEYS["ui"]})
+        assert forbidden.status_code == 403 and "MODEL_RELOAD_CALLERS" in forbidden.json()["detail"]
+        assert http.post("/predict", json=encounters[0]).json()["model_version"] == old  # a refusal changes nothing
+
+        reloaded = http.post("/model/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["model_version"] == new == reloaded.json()["alias_version"]
+        assert http.post("/predict", json=encounters[0]).json()["model_version"] == new
+        assert http.post("/model/reload").status_code == 200  # nothing moved: nothing to do, still 200
+
+        client.delete_registered_model_alias(name, "champion")
+        missing = http.post("/model/reload")
+        assert missing.status_code == 503
+        assert missing.json()["model_version"] == new and missing.json()["alias_version"] is None
+        assert f"{name}@champion" in missing.json()["last_error"] and "keeps serving" in missing.json()["last_error"]
+        assert http.post("/predict", json=encounters[0]).json()["model_version"] == new
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'readmit_api_model_reloads_total{result="success"} 2.0' in metrics
+
+
 # -- API keys ------------------------------------------------------------------------------------------
 
 PROTECTED = [("POST", "/predict"), ("POST", "/predict/batch"), ("GET", "/model")]

@@ -123,6 +123,9 @@ class ServingSettings(BaseSettings):
     """The C compiler TL2cgen calls (gcc or clang, on PATH)."""
     trees_compile_max_nodes: int = Field(100_000, ge=1, validation_alias="TREES_COMPILE_MAX_NODES")
     """Trees with more nodes than this are not compiled (a deep forest takes minutes to build): interpreted."""
+    model_reload_callers: Annotated[frozenset[str], NoDecode] = Field(  # type: ignore[assignment]
+        frozenset({"hospital"}), validation_alias="MODEL_RELOAD_CALLERS")
+    """Callers (names in API_KEYS) allowed to POST /model/reload, comma-separated; any other caller gets 403."""
     api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = Field("", validate_default=True,  # type: ignore[assignment]
                                                                validation_alias="API_KEYS")
     """Callers of /predict, /predict/batch and /model: ``name:key`` pairs, comma-separated (required)."""
@@ -131,6 +134,13 @@ class ServingSettings(BaseSettings):
     def body_limit(self) -> int:
         """MAX_BODY_BYTES, or the default derived from MAX_BATCH_SIZE."""
         return self.max_body_bytes or self.max_batch_size * BYTES_PER_ENCOUNTER + 65_536
+
+    @field_validator("model_reload_callers", mode="before")
+    @classmethod
+    def _parse_callers(cls, value: Any) -> frozenset[str]:
+        if isinstance(value, str):
+            return frozenset(name.strip() for name in value.split(",") if name.strip())
+        return frozenset(value)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -100,6 +100,7 @@ class ModelWatcher:
         self._refusal_message: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._checking = threading.Lock()  # one check at a time: the poll's and POST /model/reload's
 
     # -- the sentences /ready shows ----------------------------------------------------------------------------
 
@@ -126,7 +127,12 @@ class ModelWatcher:
     # -- one check ---------------------------------------------------------------------------------------------
 
     def check_once(self) -> None:
-        """Ask where the alias points and load that version if it is not the one served (nor refused)."""
+        """Ask where the alias points and load that version if it is not the one served (nor refused). A check
+        asked for while another runs waits for it, then checks again (the alias may have moved meanwhile)."""
+        with self._checking:
+            self._check()
+
+    def _check(self) -> None:
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)

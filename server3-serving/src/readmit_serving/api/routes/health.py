@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from ..dependencies import ServicesDep
+from ..dependencies import Services, ServicesDep
 from ..schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -25,9 +25,15 @@ async def health(services: ServicesDep) -> JSONResponse:
 @router.get("/ready", response_model=Readiness, summary="Readiness: a model is loaded",
             responses={503: {"model": Readiness, "description": "no model loaded yet"}})
 async def ready(services: ServicesDep) -> JSONResponse:
+    body = readiness(services)
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+
+def readiness(services: Services) -> Readiness:
+    """What /ready (and POST /model/reload) report."""
     model = services.holder.current
     status = services.watcher.status
-    body = Readiness(
+    return Readiness(
         ready=model is not None,
         model_name=services.settings.model_name,
         model_alias=services.settings.model_alias,
@@ -39,4 +45,3 @@ async def ready(services: ServicesDep) -> JSONResponse:
         refused_version=status.refused_version,
         refusal=status.refusal,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if model is not None else 503)

@@ -1,15 +1,19 @@
-"""GET /model: the model served, its metrics, and the contract's fields; GET /model/card: its model card."""
+"""GET /model: the model served, its metrics, and the contract's fields; GET /model/card: its model card;
+POST /model/reload: check the alias now instead of at the watcher's next poll."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import Response
+import asyncio
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
 from readmit_contract.card import ModelCard
 from readmit_contract.encounter import ENCOUNTER_COLUMNS
 
 from ..dependencies import ServicesDep
 from ..model_card import AVAILABLE
-from ..schemas import ContractField, Message, ModelDescription
+from ..schemas import ContractField, Message, ModelDescription, Readiness
+from .health import readiness
 
 router = APIRouter(tags=["model"])
 
@@ -56,3 +60,34 @@ async def model_card(services: ServicesDep) -> Response:
     if state.status != AVAILABLE:
         raise HTTPException(status_code=404, detail=state.message)
     return Response(state.body, media_type="application/json")
+
+
+RELOAD_FORBIDDEN = "this caller may not reload the model (MODEL_RELOAD_CALLERS)"
+
+
+@router.post("/model/reload", response_model=Readiness, summary="Check the model alias now",
+             description="Asks MLflow where the alias points now, instead of at the watcher's next poll, and loads "
+                         "that version if it is not the one served: downloaded, checked against its training "
+                         "checksum and allowed types, smoke-tested, then swapped in (the previous version serves "
+                         "until then). Only the callers named in MODEL_RELOAD_CALLERS may ask. The answer is the "
+                         "readiness after the check.",
+             responses={403: {"model": Message, "description": "the caller is not in MODEL_RELOAD_CALLERS"},
+                        409: {"model": Readiness, "description": "the alias points at a version that was refused "
+                                                                 "(integrity checks, loading or smoke test); the "
+                                                                 "previous version keeps serving"},
+                        503: {"model": Readiness, "description": "MLflow did not answer, refused the API's "
+                                                                 "credentials, has no such alias, or the version "
+                                                                 "could not be downloaded; the previous version "
+                                                                 "keeps serving"}})
+async def reload_model(request: Request, services: ServicesDep) -> JSONResponse:
+    if request.scope.get("state", {}).get("caller") not in services.settings.model_reload_callers:
+        raise HTTPException(status_code=403, detail=RELOAD_FORBIDDEN)
+    await asyncio.to_thread(services.watcher.check_once)
+    body = readiness(services)
+    if body.model_version is not None and body.model_version == body.alias_version:
+        status = 200
+    elif body.refused_version is not None and body.refused_version == body.alias_version:
+        status = 409
+    else:
+        status = 503
+    return JSONResponse(body.model_dump(), status_code=status)
