@@ -68,6 +68,7 @@ CREDENTIAL_NAMES: dict[str, str | None] = {
     "MLFLOW_AUTH_READER_PASSWORD": None,
     "API_KEY_UI": None,
     "API_KEY_HOSPITAL": None,
+    "API_KEY_LOCUST": None,
     "UI_USERNAME": "clinician",
     "UI_PASSWORD": None,
 }
@@ -110,7 +111,8 @@ def service_env(env: dict[str, str], name: str) -> dict[str, str]:
     elif name == "api":
         out |= {"MLFLOW_TRACKING_USERNAME": creds["MLFLOW_AUTH_READER_USERNAME"],
                 "MLFLOW_TRACKING_PASSWORD": creds["MLFLOW_AUTH_READER_PASSWORD"],
-                "API_KEYS": f"ui:{creds['API_KEY_UI']},hospital:{creds['API_KEY_HOSPITAL']}"}
+                "API_KEYS": f"ui:{creds['API_KEY_UI']},hospital:{creds['API_KEY_HOSPITAL']},"
+                            f"locust:{creds['API_KEY_LOCUST']}"}
     elif name == "ui":
         out |= {"UI_USERNAME": creds["UI_USERNAME"], "UI_PASSWORD": creds["UI_PASSWORD"], "API_KEY": creds["API_KEY_UI"]}
     return out

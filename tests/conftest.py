@@ -51,6 +51,8 @@ LONG_MODULES = (
     "tests/serving/test_loadtest.py",
     "tests/serving/test_serving_faults.py",
     "tests/tracking/test_auth.py",
+    "tests/serving/test_ui_browser.py",
+    "tests/e2e/test_loadtest_embedded.py",
 )
 
 

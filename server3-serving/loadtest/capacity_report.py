@@ -94,6 +94,13 @@ def measure(users: int, before: Snapshot, after: Snapshot, settings: LoadTestSet
                 complete=complete)
 
 
+def describe_step(step: Step) -> str:
+    """One line for people: users, throughput, the SLO route's latency, errors and the verdict."""
+    return (f"{step.users} users, {step.rps:.1f} req/s, p95 of {SLO_ROUTE[1]} {SLO_ROUTE[0]} {_ms(step.p95_ms)} ms "
+            f"(p50 {_ms(step.p50_ms)}, p99 {_ms(step.p99_ms)}), errors {step.error_ratio:.2%}: "
+            + ("within the SLO" if step.within_slo else "over the SLO"))
+
+
 def verdict(step: Step, settings: LoadTestSettings) -> str | None:
     """Why the search stops after ``step`` (None: go on)."""
     if step.requests == 0:

@@ -17,7 +17,17 @@ from typing import Any, ClassVar
 
 from locust import LoadTestShape
 
-from capacity_report import Snapshot, Step, best_step, build_report, measure, snapshot, verdict, write_report
+from capacity_report import (
+    Snapshot,
+    Step,
+    best_step,
+    build_report,
+    describe_step,
+    measure,
+    snapshot,
+    verdict,
+    write_report,
+)
 from loadtest_settings import LoadTestSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +80,7 @@ class CapacitySearchShape(LoadTestShape):
         step = measure(self.users, self.baseline, snapshot(self.runner.stats), self.settings)
         self.steps.append(step)
         self.baseline = None
-        log.info("capacity search: %s", step)
+        log.info("capacity search: step %d measured: %s", len(self.steps), describe_step(step))
         reason = verdict(step, self.settings)
         if reason is not None:
             self.finish(reason)

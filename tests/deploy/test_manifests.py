@@ -466,6 +466,7 @@ def test_tuning_settings_are_written_out_with_the_codes_defaults(rendered):
     # the API's model watcher keeps its own, shorter MLflow limits: the embedded file must not override them
     assert not {a for a in embedded if a.startswith("MLFLOW_HTTP")}
     # monitoring's prediction-log settings (issue 16): written out in the cluster with the code's defaults
+    assert data["DRIFT_EXCLUDED_CALLERS"] == embedded["DRIFT_EXCLUDED_CALLERS"] == defaults.drift_excluded_callers
     for alias in ("DRIFT_PREDICTION_HOURS", "PREDICTION_LOG_RETENTION_DAYS"):
         assert alias in data_aliases, f"{alias} is no DataSettings field"
         assert float(data[alias]) == float(getattr(defaults, data_aliases[alias])), alias

@@ -52,12 +52,12 @@ def _table(url: str, table) -> pd.DataFrame:
 
 
 def log_predictions(url: str, clean: pd.DataFrame, model_name: str, *, hours_ago: float = 0.0,
-                    answered: int | None = None) -> int:
+                    answered: int | None = None, caller: str = "test") -> int:
     """``clean`` rows as the API logs them: each validated as a request body (Encounter), its record's input
     columns as ``encounter_json`` writes them, one row per answer; returns how many."""
     bodies = json.loads(clean[list(ENCOUNTER_NAMES)].to_json(orient="records"))
     when = utcnow() - timedelta(hours=hours_ago)
-    rows = [{"request_id": f"{i:032x}", "position": 0, "predicted_at": when, "caller": "test", "endpoint": "predict",
+    rows = [{"request_id": f"{i:032x}", "position": 0, "predicted_at": when, "caller": caller, "endpoint": "predict",
              "model_name": model_name, "model_version": "1", "encounter_id": body["encounter_id"],
              "patient_nbr": body["patient_nbr"],
              "encounter": encounter_json(Encounter.model_validate(body).to_record()),
@@ -91,6 +91,8 @@ def test_drift_of_the_batches_that_arrived_after_the_champion(sqlite_tracking, t
         log_predictions(predictions, current, model_name)
         log_predictions(predictions, current, model_name)
         log_predictions(predictions, current, model_name, hours_ago=30)  # outside DRIFT_PREDICTION_HOURS
+        # the load test's traffic (caller locust, DRIFT_EXCLUDED_CALLERS): other encounters, left out
+        log_predictions(predictions, read_split(engine, "validation"), model_name, caller="locust")
         store = make_engine(predictions)
         try:
             live = check_live_drift(settings, engine, store)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 
 from .arrival import monitoring_experiment
 from .drift import MIN_ROWS, DriftResult, compare
@@ -201,8 +201,11 @@ def recent_predictions(settings: DataSettings, predictions_store: Engine) -> tup
     since = utcnow() - timedelta(hours=settings.drift_prediction_hours)
     query = (select(prediction_log.c.encounter_id, prediction_log.c.encounter, prediction_log.c.predicted_at)
              .where(prediction_log.c.model_name == settings.model_name, prediction_log.c.scored.is_(True),
-                    prediction_log.c.predicted_at >= since)
-             .order_by(prediction_log.c.id.desc()).limit(LIVE_MAX_ROWS))
+                    prediction_log.c.predicted_at >= since))
+    if settings.excluded_callers:  # the load test's traffic (DRIFT_EXCLUDED_CALLERS); a row without caller counts
+        query = query.where(or_(prediction_log.c.caller.is_(None),
+                                prediction_log.c.caller.not_in(settings.excluded_callers)))
+    query = query.order_by(prediction_log.c.id.desc()).limit(LIVE_MAX_ROWS)
     with predictions_store.connect() as conn:
         rows = conn.execute(query).all()
     seen: set[int] = set()

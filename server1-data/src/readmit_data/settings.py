@@ -71,6 +71,14 @@ class DataSettings(BaseSettings):
     drift_prediction_hours: float = Field(24.0, gt=0, validation_alias="DRIFT_PREDICTION_HOURS")
     """The live drift check reads the predictions of this many hours before it (each encounter once: its
     latest answer)."""
+    drift_excluded_callers: str = Field("locust", validation_alias="DRIFT_EXCLUDED_CALLERS")
+    """API callers (names of the API's API_KEYS, comma-separated) whose logged predictions the live drift check
+    leaves out: the load test's synthetic traffic is no population of patients."""
+
+    @property
+    def excluded_callers(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.drift_excluded_callers.split(",") if name.strip())
+
     mlflow_http_request_timeout: int = Field(30, gt=0, validation_alias="MLFLOW_HTTP_REQUEST_TIMEOUT")
     """Seconds MLflow's client waits for an answer (MLflow's own variable; its default, 120, is lifted here)."""
     mlflow_http_request_max_retries: int = Field(3, ge=0, le=10, validation_alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES")

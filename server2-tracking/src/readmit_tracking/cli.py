@@ -72,6 +72,9 @@ def server_environment(settings: TrackingSettings, auth: AuthSettings | None = N
         env["MLFLOW_AUTH_ADMIN_USERNAME"] = auth.admin_username
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = auth.flask_secret_key.get_secret_value()
     env["MLFLOW_BACKEND_STORE_URI"] = settings.backend_store_uri.get_secret_value()
+    # MLflow's server-side jobs (GenAI judges, online scoring of traces, trace archival): nothing of the platform
+    # uses them, and their runner would start (and stop) seven consumer processes with the server; on unless set
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if settings.s3_endpoint_url:
         env["MLFLOW_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if settings.aws_access_key_id:
