@@ -10,7 +10,7 @@ SOURCE ?= download
 
 LOCAL_PACKAGES := -e shared -e server1-data -e server2-tracking -e server3-serving
 
-.PHONY: help venv test test-fast cluster-test bench lock up down status clean simulate simulate-down simulate-test
+.PHONY: help venv test test-fast cluster-test bench lock up down status clean simulate simulate-down simulate-test loadtest screenshots
 
 help:
 	@echo "make test       install everything into $(VENV) and run the whole test suite"
@@ -22,6 +22,8 @@ help:
 	@echo "make simulate-test  make simulate's end-to-end test (opt-in: about 7 minutes)"
 	@echo "make cluster-test  the three-host test (as root: network namespaces, MariaDB, S3, MLflow, API, Prometheus)"
 	@echo "make bench      print the benchmarks' figures"
+	@echo "make loadtest   capacity search against the API of make up; writes the report (markdown, JSON, PNG)"
+	@echo "make screenshots  refresh the README's pictures (the real UI in headless Chromium)"
 	@echo "make lock       re-pin requirements/constraints.txt from requirements/requirements.in"
 
 $(STAMP): requirements/requirements.in requirements/constraints.txt shared/pyproject.toml server1-data/pyproject.toml server2-tracking/pyproject.toml server3-serving/pyproject.toml
@@ -68,6 +70,12 @@ simulate-down:
 
 cluster-test: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e/test_three_hosts.py tests/e2e/test_manifests.py $(PYTEST_ARGS)
+
+loadtest: $(STAMP)
+	$(BIN)/python embedded/loadtest.py $(LOADTEST_ARGS)
+
+screenshots: $(STAMP)
+	READMIT_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/serving/test_ui_browser.py -q -p no:xdist
 
 status:
 	@$(BIN)/python embedded/run.py status
