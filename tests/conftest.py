@@ -203,6 +203,10 @@ def generated_identities() -> tuple[Identity, Identity, Identity, str]:
             secrets.token_urlsafe(48))
 
 
+AUTH_CACHE_TTL_SECONDS = 3
+"""The test server's MLFLOW_AUTH_CACHE_TTL_SECONDS (60 by default)."""
+
+
 @dataclass(frozen=True)
 class AuthTracking:
     uri: str
@@ -236,6 +240,9 @@ def auth_tracking(tmp_path_factory, mysql_databases):
         backend = mysql_databases.create("mlflow_auth")
         artifacts = f"s3://{BUCKET}/artifacts"
         env = auth_environment(admin, training, reader, secret_key)
-        # TMPDIR: the auth app's config file lands in the test's folder, not in /tmp
-        with mlflow_server(root, backend, artifacts, s3_endpoint=endpoint, auth=env | {"TMPDIR": str(root)}) as uri:
+        # TMPDIR: the auth app's config file lands in the test's folder, not in /tmp; checked passwords are reused
+        # for AUTH_CACHE_TTL_SECONDS (the rotation test waits that long for another server to see a new password)
+        with mlflow_server(root, backend, artifacts, s3_endpoint=endpoint,
+                           auth=env | {"TMPDIR": str(root),
+                                       "MLFLOW_AUTH_CACHE_TTL_SECONDS": str(AUTH_CACHE_TTL_SECONDS)}) as uri:
             yield AuthTracking(uri, backend, artifacts, endpoint, root, admin, training, reader, secret_key)

@@ -12,6 +12,7 @@ import configparser
 import os
 import stat
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +23,11 @@ import httpx
 import pytest
 import sqlalchemy
 
-from readmit_tracking.auth import AuthSchemaChange, provision, upgrade_auth_schema
+from readmit_tracking.auth import AuthSchemaChange, config_text, provision, upgrade_auth_schema
 from readmit_tracking.schema import AUTH_TABLES, upgrade_schema
 from readmit_tracking.settings import AuthSettings
 
-from ..conftest import Identity, auth_environment, generated_identities
+from ..conftest import AUTH_CACHE_TTL_SECONDS, Identity, auth_environment, generated_identities
 from ..support import BIN, mlflow_server
 from .test_schema_and_secrets import process_tree
 
@@ -256,8 +257,12 @@ def test_a_restart_with_a_new_reader_password_rotates_it(auth_tracking, http, tm
             assert http.get(search, auth=basic(auth_tracking.reader)).status_code == 401
             assert http.get(search, auth=basic(new_reader)).status_code == 200
             assert http.get(search, auth=basic(auth_tracking.training)).status_code == 200
-            # the first server reads the same store: the rotation holds there too
+            # the first server reads the same store: the rotation holds there too, once the old password's check
+            # has left its cache (at most MLFLOW_AUTH_CACHE_TTL_SECONDS later)
             first = f"{auth_tracking.uri}/api/2.0/mlflow/registered-models/search"
+            deadline = time.monotonic() + AUTH_CACHE_TTL_SECONDS + 2
+            while http.get(first, auth=basic(auth_tracking.reader)).status_code != 401 and time.monotonic() < deadline:
+                time.sleep(0.25)
             assert http.get(first, auth=basic(auth_tracking.reader)).status_code == 401
             assert http.get(first, auth=basic(new_reader)).status_code == 200
         log = next(tmp_path.glob("mlflow-*.log")).read_text(errors="replace")
@@ -316,6 +321,8 @@ def test_no_password_in_the_log_the_command_line_or_the_environment(auth_trackin
     parsed = configparser.ConfigParser()
     parsed.read(config)
     assert parsed["mlflow"]["default_permission"] == "READ"
+    assert parsed["mlflow"]["auth_cache_ttl_seconds"] == str(AUTH_CACHE_TTL_SECONDS)  # MLFLOW_AUTH_CACHE_TTL_SECONDS
+    assert "auth_cache_ttl_seconds = 60\n" in config_text(AuthSettings.model_construct(), "sqlite:///x.db")  # default
     assert parsed["mlflow"]["database_uri"] == auth_tracking.backend_store_uri
     assert parsed["mlflow"]["admin_username"] == auth_tracking.admin.username
 

@@ -257,6 +257,7 @@ def config_text(auth: AuthSettings, store_uri: str) -> str:
         "admin_username": auth.admin_username,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
         "grant_default_workspace_access": "false",
+        "auth_cache_ttl_seconds": str(auth.cache_ttl_seconds),
     }
     lines = ["[mlflow]"]
     for key, value in values.items():

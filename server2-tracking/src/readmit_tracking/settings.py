@@ -71,6 +71,11 @@ class AuthSettings(BaseSettings):
     """The auth app's user store; None: the backend store (its tables beside MLflow's)."""
     model_name: str = Field("diabetes-readmission", validation_alias="MODEL_NAME")
     experiment_name: str = Field("diabetes-readmission", validation_alias="MLFLOW_EXPERIMENT_NAME")
+    cache_ttl_seconds: int = Field(60, ge=0, le=3600, validation_alias="MLFLOW_AUTH_CACHE_TTL_SECONDS")
+    """How long a server process reuses a checked user name and password (MLflow's auth_cache_ttl_seconds: an
+    in-memory cache keyed by an HMAC of the pair under a per-process random key; a password changed through
+    MLflow's API drops the user's entries at once). Each check is a scrypt hash, ~50-150 ms of a core by design,
+    paid otherwise by every request of training, the API's watcher and the notebook. 0: no cache."""
 
     @property
     def enabled(self) -> bool:
