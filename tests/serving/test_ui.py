@@ -17,6 +17,7 @@ import pytest
 from readmit_contract import synthetic, validate
 from readmit_contract.columns import column
 from readmit_contract.encounter import ENCOUNTER_COLUMNS
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from ..support import BIN, free_port, started, wait_http
@@ -28,9 +29,27 @@ APP = Path(__file__).resolve().parents[2] / "server3-serving" / "ui" / "app.py"
 sys.path.insert(0, str(APP.parent))  # the UI's modules live beside app.py (not an installed package)
 
 from readmit_ui.batch import SCORE_COLUMNS, encounters_of, score_csv  # noqa: E402
-from readmit_ui.client import NO_MODEL, REFUSED, REJECTED, UNREACHABLE, ApiClient, ApiRejected  # noqa: E402
+from readmit_ui.client import (  # noqa: E402
+    BUSY,
+    GATEWAY,
+    NO_MODEL,
+    NOT_FOUND,
+    REFUSED,
+    REJECTED,
+    TOO_LARGE,
+    UNREACHABLE,
+    ApiBusy,
+    ApiClient,
+    ApiRejected,
+    ApiUnavailable,
+    failed_message,
+    json_answer,
+)
+from readmit_ui.form import FORM_COLUMNS, field_label  # noqa: E402
 from readmit_ui.login import FAILURE_DELAY_SECONDS, USER, WRONG  # noqa: E402
 from readmit_ui.page import BAND_COLOURS, PAGE_FAILED  # noqa: E402
+from readmit_ui.result import BAND_CHART_TITLE, BAND_TITLES, Cutoffs, band_meaning  # noqa: E402
+from readmit_ui.template import TEMPLATE_NAME, template_csv  # noqa: E402
 
 USERNAME = "clinician"
 PASSWORD = secrets.token_urlsafe(18)
@@ -82,21 +101,24 @@ def assert_no_internal_detail(at: AppTest, api_url: str) -> None:
         assert needle not in text, needle
 
 
+def charts(at: AppTest) -> list[tuple[dict, pd.DataFrame]]:
+    """Each Vega-Lite chart on the page: its spec and its data (every dataset, stacked)."""
+    found = []
+    for chart in at.get("vega_lite_chart"):
+        frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets]
+        if chart.proto.data.data:
+            frames.append(convert_arrow_bytes_to_pandas_df(chart.proto.data.data))
+        found.append((json.loads(chart.proto.spec), pd.concat(frames, ignore_index=True)))
+    return found
+
+
 def has_form(at: AppTest) -> bool:
     return any(w.key == "field:age" for w in at.selectbox)
 
 
-def contract_defaults() -> dict:
-    """What an untouched form sends: the contract's defaults, else the first allowed value or the minimum."""
-    record = {}
-    for col in ENCOUNTER_COLUMNS:
-        if col.kind == "id":
-            continue
-        if not col.required:
-            record[col.name] = col.default
-        else:
-            record[col.name] = col.minimum if col.kind == "integer" else col.allowed[0]
-    return record
+def typical_encounter() -> dict:
+    """What an untouched form sends: the contract's typical encounter (``Column.typical``), None for missing."""
+    return {col.name: col.typical for col in ENCOUNTER_COLUMNS if col.kind != "id"}
 
 
 def fill(at: AppTest, name: str, value) -> None:
@@ -181,7 +203,7 @@ def test_prediction_round_trip(api, monkeypatch):
     at.button(key="predict").click().run()
     assert not at.exception and not at.error and not at.warning
 
-    encounter = contract_defaults() | CHANGES
+    encounter = typical_encounter() | CHANGES
     assert at.session_state["sent_encounter"] == encounter
     expected = httpx.post(f"{api}/predict", json=encounter, headers=AUTH).raise_for_status().json()
     assert expected["scored"]
@@ -189,29 +211,94 @@ def test_prediction_round_trip(api, monkeypatch):
     assert shown["probability"] == expected["probability"]
     assert [m.value for m in at.metric] == [f"{expected['probability']:.1%}"]
     band = expected["risk_band"]
-    assert f":{BAND_COLOURS[band]}-badge[{band}]" in " ".join(m.value for m in at.main.markdown)
-    assert f"version {expected['model_version']}" in " ".join(c.value for c in at.caption)
+    markdown = " ".join(m.value for m in at.main.markdown)
+    assert f":{BAND_COLOURS[band]}-badge[{band}]" in markdown
+    model = httpx.get(f"{api}/model", headers=AUTH).raise_for_status().json()
+    card = httpx.get(f"{api}/model/card", headers=AUTH).raise_for_status().json()
+    meaning = band_meaning(band, Cutoffs.of(model, card))
+    assert f"**{BAND_TITLES[band]}.** {meaning}" in markdown  # what the band means, with this model's figures
+    assert (f"{model['threshold']:.1%}" if band != "low" else f"{model['base_rate']:.1%}") in meaning
+    captions = " ".join(c.value for c in at.caption)
+    assert f"version {expected['model_version']}" in captions and card["threshold"]["rule"] in captions
     sidebar = " ".join(m.value for m in at.sidebar.markdown)
     assert f"**Version** {expected['model_version']}" in sidebar and "Validation ROC-AUC** 0." in sidebar
 
 
-def test_malformed_fields_are_reported_per_field_without_calling_the_api(api, monkeypatch):
+def test_the_form_speaks_clinical_words_and_starts_from_the_typical_patient(api, monkeypatch):
+    at = run_app(monkeypatch, api)
+    widgets = {w.key: w for kind in (at.selectbox, at.number_input, at.text_input) for w in kind}
+    for col in FORM_COLUMNS:
+        widget = widgets[f"field:{col.name}"]
+        assert widget.label == col.label and widget.label != col.name, col.name
+        assert col.description in widget.help and f"`{col.name}`" in widget.help, col.name  # and its CSV column
+        expected = col.typical if col.typical is not None else ("" if col.kind == "icd9" else "?")
+        assert widget.value == expected, col.name
+    assert widgets["field:age"].value == "[70-80)" and widgets["field:num_medications"].value == 13
+    assert column("insulin").hint in widgets["field:insulin"].help
+    admission = widgets["field:admission_type_id"]
+    assert "1 — Emergency" in admission.options  # codes with their description
+    at.button(key="predict").click().run()
+    assert at.session_state["sent_encounter"] == typical_encounter() and at.session_state["prediction"].result["scored"]
+
+
+def test_malformed_fields_are_reported_on_the_fields_without_calling_the_api(api, monkeypatch):
     at = run_app(monkeypatch, api)
     fill(at, "diag_1", "not-a-code")
     fill(at, "payer_code", "other…")
     at.button(key="predict").click().run()
     assert not at.exception
-    (error,) = at.error
-    assert error.value.startswith(REJECTED)
-    assert "**diag_1**" in error.value and "**payer_code**" in error.value
+    summary = [e.value for e in at.error if e.value.startswith(REJECTED)]
+    assert len(summary) == 1
+    assert "**Primary diagnosis**" in summary[0] and "**Payer**" in summary[0]  # labels, not column names
+    on_fields = sorted(e.value for e in at.error if not e.value.startswith(REJECTED))
+    assert on_fields == sorted(e.message for e in at.session_state["prediction"].errors) and len(on_fields) == 2
+    assert any("is not an ICD-9 code" in m for m in on_fields)
     assert at.session_state["prediction"].result is None and not at.metric
 
 
 def test_api_422_becomes_field_errors(api):
     with ApiClient(api, UI_KEY) as client, pytest.raises(ApiRejected) as info:
-        client.predict(contract_defaults() | {"time_in_hospital": 40, "readmitted": "<30"})
+        client.predict(typical_encounter() | {"time_in_hospital": 40, "readmitted": "<30"})
     assert {e.field for e in info.value.errors} == {"time_in_hospital", "readmitted"}
     assert str(info.value).startswith(REJECTED)
+    assert field_label("time_in_hospital") == "Length of stay (days)" and field_label("readmitted") == "Readmission"
+    assert field_label("encounters.3.age") == "Age (encounters.3.age)" and field_label("request") == "request"
+
+
+def test_a_request_too_large_for_the_api_is_a_sentence(api):
+    """The real API refuses a body above MAX_BODY_BYTES (413) before reading it."""
+    with ApiClient(api, UI_KEY) as client, pytest.raises(ApiUnavailable) as info:
+        client.predict_batch([typical_encounter()] * 5000)  # ~5.5 MB: above the 4 MB a 1,000-row batch may take
+    assert str(info.value) == TOO_LARGE
+
+
+def answer(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, content=body, headers=headers or {},
+                          request=httpx.Request("POST", "http://api.internal:8000/predict/batch"))
+
+
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (401, b'{"detail": "missing or unknown API key"}', REFUSED),
+    (403, b'{"detail": "not allowed"}', REFUSED),
+    (404, b'{"detail": "Not Found"}', NOT_FOUND),
+    (413, b'{"detail": "request body larger than 4161536 bytes"}', TOO_LARGE),
+    (502, b"<html>502 Bad Gateway</html>", GATEWAY),
+    (504, b"<html>504 Gateway Time-out</html>", GATEWAY),
+    (500, b'{"detail": "internal error", "request_id": "0123abcd"}', failed_message(500, "0123abcd")),
+    (500, b"Internal Server Error", failed_message(500)),
+])
+def test_each_failure_of_the_api_is_a_sentence_for_the_page(status, body, expected):
+    with pytest.raises(ApiUnavailable) as info:
+        json_answer(answer(status, body))
+    message = str(info.value)
+    assert message == expected and "api.internal" not in message and "detail" not in message
+    assert "administrator" in message  # what to do
+
+
+def test_a_rate_limit_in_front_of_the_api_is_busy_and_sent_again():
+    with pytest.raises(ApiBusy) as info:
+        json_answer(answer(429, b"<html>429 Too Many Requests</html>", {"Retry-After": "2"}))
+    assert str(info.value) == BUSY and info.value.retry_after_ms == 2000
 
 
 # -- the API failing: a sentence on the page, never an exception's text ------------------------------
@@ -325,6 +412,31 @@ def test_csv_upload_is_scored_through_the_batch_endpoint(api, monkeypatch, uploa
 
     roundtrip = pd.read_csv(io.BytesIO(result.to_csv()), dtype=str, keep_default_na=False)
     assert list(roundtrip.columns) == [*frame.columns, *SCORE_COLUMNS] and len(roundtrip) == 51
+
+    # the scored rows per risk band: badges and a bar chart with every band
+    counts = expected.loc[expected["scored"], "risk_band"].value_counts()
+    (spec, bands), = [(sp, d) for sp, d in charts(at) if "band" in d.columns]
+    assert bands.set_index("band")["rows"].to_dict() == {b: int(counts.get(b, 0)) for b in ("low", "medium", "high")}
+    assert spec["title"] == BAND_CHART_TITLE
+    badges = " ".join(m.value for m in at.main.markdown)
+    assert all(f"-badge[{b}] {int(counts.get(b, 0)):,}" in badges for b in ("low", "medium", "high"))
+
+
+def test_the_template_csv_is_offered_and_scores_as_is(api, monkeypatch):
+    at = run_app(monkeypatch, api)
+    assert at.download_button(key="template").label == "Download a template CSV"
+    data = template_csv()
+    header, row, *rest = data.decode().splitlines()
+    assert not rest and header.split(",") == [c.name for c in ENCOUNTER_COLUMNS]
+    sent = dict(zip(header.split(","), row.split(","), strict=True))
+    assert sent["age"] == "[70-80)" and sent["weight"] == "?" and "readmitted" not in sent
+    at.file_uploader(key="csv").set_value((TEMPLATE_NAME, data, "text/csv")).run()
+    at.button(key="score").click().run()
+    assert not at.exception and not at.error and not at.warning
+    result = at.session_state["batch"][1].result
+    assert result.rejected.empty and result.scored["scored"].tolist() == [True]
+    expected = httpx.post(f"{api}/predict", json=typical_encounter(), headers=AUTH).raise_for_status().json()
+    assert result.scored["probability"].iloc[0] == pytest.approx(expected["probability"], abs=1e-9)
 
 
 def test_scoring_in_small_chunks_gives_the_same_answers(api, upload):

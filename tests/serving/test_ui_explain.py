@@ -21,7 +21,7 @@ from readmit_ui.client import NOT_EXPLAINABLE  # noqa: E402
 from readmit_ui.explanation import HOW_TO_READ, LOWERS, RAISES, WHY_FACTORS, WHY_TITLE  # noqa: E402
 
 from .conftest import AUTH  # noqa: E402
-from .test_ui import CHANGES, assert_no_internal_detail, contract_defaults, fill, run_app  # noqa: E402
+from .test_ui import CHANGES, assert_no_internal_detail, fill, run_app, typical_encounter  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_a_prediction_shows_why_this_risk(api, monkeypatch):
     at.button(key="predict").click().run()
     assert not at.exception and not at.error and not at.warning
 
-    expected = predicted(api, contract_defaults() | CHANGES, explain="true", explain_top=str(WHY_FACTORS))
+    expected = predicted(api, typical_encounter() | CHANGES, explain="true", explain_top=str(WHY_FACTORS))
     factors = expected["explanation"]["factors"]
     assert len(factors) == WHY_FACTORS
     assert [m.value for m in at.metric] == [f"{expected['probability']:.1%}"]
@@ -127,7 +127,7 @@ def test_a_model_without_explainer_or_card_is_said_so(unexplainable, monkeypatch
     assert not [h for h in texts(at.subheader) if h in CARD_SECTIONS]
     at.button(key="predict").click().run()
     assert not at.exception and not at.error
-    expected = predicted(unexplainable.url, contract_defaults())
+    expected = predicted(unexplainable.url, typical_encounter())
     assert at.session_state["prediction"].result["probability"] == expected["probability"]
     assert [m.value for m in at.metric] == [f"{expected['probability']:.1%}"]
     assert NOT_EXPLAINABLE in texts(at.info) and WHY_TITLE not in texts(at.subheader)

@@ -9,6 +9,7 @@ threshold as a capacity rule. A version without a card to show gets a sentence s
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
@@ -178,29 +179,48 @@ def show_card(card: dict[str, Any]) -> None:
 
 # -- the tab ---------------------------------------------------------------------------------------------------
 
-def model_card_tab(client: ApiClient, model: dict[str, Any] | None) -> None:
+@dataclass(frozen=True)
+class CardLookup:
+    """The card of the model being served, or the sentence saying why there is none to show."""
+
+    card: dict[str, Any] | None = None
+    info: str | None = None
+    """Why there is no card (no model, none recorded, not trusted)."""
+    warning: str | None = None
+    """The API failed to give it (try again later)."""
+    version: str | None = None
+
+
+def lookup_card(client: ApiClient, model: dict[str, Any] | None) -> CardLookup:
     """The card of ``model`` (``/model``'s answer; None: no model served), fetched once per loaded version."""
     if model is None:
-        st.info(NOT_SERVING)
-        return
+        return CardLookup(info=NOT_SERVING)
     status = model.get("card", "available")
     if status != "available":
-        st.info(STATUS_MESSAGES.get(status, CARD_FAILED))
-        return
+        return CardLookup(info=STATUS_MESSAGES.get(status, CARD_FAILED))
     key = (model.get("model_version"), model.get("loaded_at"))
     cached = st.session_state.get(CACHE_KEY)
     if cached is None or cached[0] != key:
         try:
             cached = (key, client.model_card())
         except CardUnavailable as exc:
-            st.info(str(exc))
-            return
+            return CardLookup(info=str(exc))
         except ApiUnavailable as exc:
-            st.warning(str(exc))
-            return
+            return CardLookup(warning=str(exc))
         st.session_state[CACHE_KEY] = cached
+    return CardLookup(card=cached[1], version=str(key[0]))
+
+
+def model_card_tab(lookup: CardLookup) -> None:
+    """The tab: the card, or a sentence."""
+    if lookup.card is None:
+        if lookup.warning:
+            st.warning(lookup.warning)
+        else:
+            st.info(lookup.info or CARD_FAILED)
+        return
     try:
-        show_card(cached[1])
+        show_card(lookup.card)
     except (KeyError, TypeError, ValueError, AttributeError):  # a card of another shape: a sentence, not a traceback
-        log.exception("the model card of version %s cannot be shown", key[0])
+        log.exception("the model card of version %s cannot be shown", lookup.version)
         st.info(CARD_FAILED)

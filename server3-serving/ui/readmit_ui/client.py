@@ -1,8 +1,9 @@
 """The few calls the UI makes to the inference API, with its failures as exceptions whose text is fit
 for the page: what happened and what to do, never a host, a path or a library's exception text.
 
-``ApiUnavailable``: the API cannot answer (unreachable, no model yet, server error);
-``ApiBusy`` (an ``ApiUnavailable``): the API shed the request to keep its latency bounded;
+``ApiUnavailable``: the API cannot answer (unreachable, no model yet, server error, request too large);
+``ApiBusy`` (an ``ApiUnavailable``): the API shed the request to keep its latency bounded (503 with a reason), or
+something in front of it limits the rate of requests (429);
 ``ApiRefused`` (an ``ApiUnavailable``): the API refused the UI's key (401/403);
 ``ApiRejected``: the API refused the input (422), with one message per field;
 ``NotExplainable`` (an ``ApiUnavailable``): asked for an explanation, the API said its model cannot be explained (409);
@@ -35,8 +36,17 @@ REFUSED = "The UI's API key was refused: ask the administrator."
 UNEXPECTED = "The prediction service gave an unexpected answer. Try again; if it persists, ask the administrator."
 REJECTED = "These fields are not valid:"
 BUSY = "The prediction service is busy right now. Try again in a moment."
+TOO_LARGE = ("The prediction service refused the request as too large. Ask the administrator: the page sends more "
+             "encounters at a time (API_BATCH_SIZE) than the service accepts (MAX_BODY_BYTES).")
+NOT_FOUND = ("The prediction service does not answer at the address this page is configured with: ask the "
+             "administrator to check API_URL.")
+GATEWAY = ("The prediction service cannot be reached right now. Try again in a minute; if it persists, ask the "
+           "administrator.")
 NOT_EXPLAINABLE = "This model version cannot explain its predictions: the risk is shown without its reasons."
 NO_CARD = "No model card is available for the model being served."
+
+PLAIN_MESSAGES = {404: NOT_FOUND, 413: TOO_LARGE, 502: GATEWAY, 504: GATEWAY}
+"""Answers that need only a sentence (502, 504: a proxy in front of the API found it down or too slow)."""
 
 BUSY_RETRIES = 3
 """Times a shed prediction request is sent again before the page says the service is busy."""
@@ -94,11 +104,16 @@ def shed(response: httpx.Response) -> ApiBusy | None:
     body = _json_body(response)
     if not isinstance(body, dict) or not isinstance(body.get("reason"), str):
         return None
-    wait = body.get("retry_after_ms")
-    if isinstance(wait, bool) or not isinstance(wait, int) or wait < 0:
-        seconds = response.headers.get("retry-after", "").strip()
-        wait = int(seconds) * 1000 if seconds.isdigit() else DEFAULT_RETRY_MS
-    return ApiBusy(body["reason"], wait)
+    return ApiBusy(body["reason"], _wait_ms(response, body.get("retry_after_ms")))
+
+
+def _wait_ms(response: httpx.Response, retry_after_ms: Any = None) -> int:
+    """The wait an answer asks for: ``retry_after_ms`` of its body, else its ``Retry-After`` in seconds, else the
+    default."""
+    if isinstance(retry_after_ms, int) and not isinstance(retry_after_ms, bool) and retry_after_ms >= 0:
+        return retry_after_ms
+    seconds = response.headers.get("retry-after", "").strip()
+    return int(seconds) * 1000 if seconds.isdigit() else DEFAULT_RETRY_MS
 
 
 def retry_wait(retry_after_ms: int, max_wait: float = MAX_RETRY_WAIT_SECONDS) -> float:
@@ -147,6 +162,12 @@ def json_answer(response: httpx.Response) -> Any:
         raise NotExplainable(NOT_EXPLAINABLE)
     if response.status_code == 503:
         raise shed(response) or ApiUnavailable(NO_MODEL)
+    if response.status_code == 429:  # a rate limit in front of the API: not scored, safe to send again
+        raise ApiBusy("rate_limited", _wait_ms(response))
+    if response.status_code in PLAIN_MESSAGES:
+        log.warning("%s %s answered HTTP %s", response.request.method, response.request.url.path,
+                    response.status_code)
+        raise ApiUnavailable(PLAIN_MESSAGES[response.status_code])
     if not response.is_success:
         body = _json_body(response)
         request_id = body.get("request_id") if isinstance(body, dict) else None

@@ -1,5 +1,9 @@
 """The one-encounter form, generated from the contract: one input per encounter field, none listed here.
 
+Each field carries the contract's words for people: ``Column.label`` as its label, ``description`` and ``hint`` as
+its help (with its range and the column's name in a CSV), and starts from ``Column.typical``, the most common
+value in the real data (the starting patient is the typical encounter, not the first value of every list).
+
 Widgets follow the column's kind:
 
 - ``category`` / ``code``: a select box of the allowed values (codes shown with their
@@ -18,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from readmit_contract.columns import ICD9_PATTERN, MEDICATIONS, MISSING, OPEN_CATEGORY_PATTERN, Column
+from readmit_contract.columns import BY_NAME, ICD9_PATTERN, MEDICATIONS, MISSING, OPEN_CATEGORY_PATTERN, Column
 from readmit_contract.encounter import ENCOUNTER_COLUMNS
 
 from .client import FieldError
@@ -101,16 +105,22 @@ def options(col: Column) -> list[Any]:
 
 
 def default(col: Column) -> Any:
-    """Initial widget value: the contract's default, else the first allowed value or the minimum."""
+    """Initial widget value: the column's typical value (``Column.typical``; missing: "unknown" or empty)."""
+    typical = col.typical
     if widget(col) == "number":
-        return col.default if isinstance(col.default, int) else col.minimum
+        return typical if isinstance(typical, int) else col.minimum
     if widget(col) == "text":
-        return col.default if isinstance(col.default, str) else ""
-    if col.default is None and col.nullable:
+        return typical if isinstance(typical, str) else ""
+    if typical is None and col.nullable:
         return UNKNOWN
-    if not col.required and col.default in options(col):
-        return col.default
+    if typical in options(col):
+        return typical
     return (col.allowed or options(col))[0]
+
+
+def label(col: Column) -> str:
+    """The field's label: the contract's words for it."""
+    return col.label or col.name
 
 
 def format_option(col: Column, option: Any) -> str:
@@ -122,12 +132,25 @@ def format_option(col: Column, option: Any) -> str:
 
 
 def help_text(col: Column) -> str:
+    """The field's help: what it holds, how to fill it in, and its column in a CSV."""
     text = col.description
     if col.kind == "integer":
         text += f" ({col.minimum}–{col.maximum})"
     elif col.kind == "icd9":
         text += ". An ICD-9 code such as 250.83, V57 or E888; empty: unknown"
-    return text
+    if col.hint:
+        text += f". {col.hint}"
+    return f"{text}.  \nCSV column: `{col.name}`"
+
+
+def field_label(name: str) -> str:
+    """How an error names a field: its label for a contract column (``time_in_hospital`` -> ``Length of stay
+    (days)``), the name as given otherwise (``request``; ``encounters.3.age`` -> ``Age (encounters.3.age)``)."""
+    column = BY_NAME.get(name)
+    if column is not None:
+        return label(column)
+    last = name.rsplit(".", 1)[-1]
+    return f"{label(BY_NAME[last])} ({name})" if last in BY_NAME else name
 
 
 def to_value(col: Column, raw: Any, other: str = "") -> Any:

@@ -1,5 +1,6 @@
-"""The Streamlit page: a login first, then API status in the sidebar, a one-encounter form (with why the model gave
-its risk), a CSV batch tab and the model card.
+"""The Streamlit page: a login first, then API status in the sidebar, a one-encounter form (with the risk, what its
+band means and why the model gave it), a CSV batch tab (a template, progress, the rows per risk band) and the model
+card.
 
 Nothing the page shows comes from an exception's text: the API client's failures carry messages
 written for the page, and anything unexpected becomes ``PAGE_FAILED`` (details in the UI's log).
@@ -19,19 +20,22 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 from readmit_contract import SchemaMismatchError
-from readmit_contract.columns import Column
+from readmit_contract.columns import ID_COLUMNS, Column
 
 from . import form, login
-from .batch import BatchResult, score_parsed
-from .card import model_card_tab
+from .batch import SCORE_COLUMNS, BatchResult, score_parsed
+from .card import lookup_card, model_card_tab
 from .client import REJECTED, ApiClient, ApiRejected, ApiUnavailable, FieldError, NotExplainable, Readiness
-from .explanation import WHY_FACTORS, show_explanation
+from .explanation import WHY_FACTORS
+from .result import BAND_COLOURS, PROBABILITY_LABEL, Cutoffs, show_bands, show_prediction
 from .settings import UISettings
+from .template import TEMPLATE_NAME, template_csv
 from .upload import MIB, UploadRefused, read_upload, size_refusal
+
+__all__ = ["BAND_COLOURS", "PAGE_FAILED", "main"]
 
 log = logging.getLogger(__name__)
 
-BAND_COLOURS = {"low": "green", "medium": "orange", "high": "red"}
 GRID = 3  # inputs per row
 PAGE_FAILED = "Something went wrong on this page. Try again; if it persists, ask the administrator."
 
@@ -83,13 +87,15 @@ def page(settings: UISettings) -> None:
             st.error(readiness.error)
         elif problem:
             st.error(problem)
-        one, many, card = st.tabs(["One encounter", "Many encounters (CSV)", "Model card"])
+        card = lookup_card(client, model)
+        cutoffs = Cutoffs.of(model, card.card)
+        one, many, card_tab = st.tabs(["One encounter", "Many encounters (CSV)", "Model card"])
         with one:
-            single_encounter(client)
+            single_encounter(client, cutoffs)
         with many:
-            many_encounters(client, settings.api_batch_size, upload_limit_mb(settings))
-        with card:
-            model_card_tab(client, model)
+            many_encounters(client, settings.api_batch_size, upload_limit_mb(settings), cutoffs)
+        with card_tab:
+            model_card_tab(card)
 
 
 # -- sidebar ---------------------------------------------------------------------------------------
@@ -128,7 +134,7 @@ def sidebar(client: ApiClient, readiness: Readiness) -> tuple[str | None, dict[s
 
 def field_input(col: Column) -> tuple[Any, str]:
     """Render the input of one contract column; its widget value and (open categories) the free text."""
-    label, help_text = col.name, form.help_text(col)
+    label, help_text = form.label(col), form.help_text(col)
     kind = form.widget(col)
     if kind == "number":
         return st.number_input(label, min_value=col.minimum, max_value=col.maximum, value=form.default(col),
@@ -141,28 +147,13 @@ def field_input(col: Column) -> tuple[Any, str]:
                          format_func=partial(form.format_option, col), help=help_text)
     other = ""
     if col.kind == "open_category":
-        other = st.text_input(f"{col.name}: other value", key=form.other_key(col), label_visibility="collapsed",
+        other = st.text_input(f"{label}: other value", key=form.other_key(col), label_visibility="collapsed",
                               placeholder=f"value when “{form.OTHER}” is chosen")
     return value, other
 
 
 def show_field_errors(title: str, errors: list[FieldError]) -> None:
-    st.error(title + "\n" + "\n".join(f"- **{e.field}**: {e.message}" for e in errors))
-
-
-def show_prediction(prediction: dict[str, Any], note: str | None = None) -> None:
-    if not prediction["scored"]:
-        st.info(f"Not scored: {prediction['reason']}")
-    else:
-        left, right = st.columns(2)
-        left.metric("Probability of readmission within 30 days", f"{prediction['probability']:.1%}")
-        band = prediction["risk_band"]
-        right.markdown(f"**Risk band**\n\n:{BAND_COLOURS.get(band, 'gray')}-badge[{band}]")
-    st.caption(f"Model {prediction['model_name']} version {prediction['model_version']}")
-    if prediction.get("explanation"):
-        show_explanation(prediction["explanation"])
-    elif note and prediction["scored"]:
-        st.info(note)
+    st.error(title + "\n" + "\n".join(f"- **{form.field_label(e.field)}**: {e.message}" for e in errors))
 
 
 def predict_explained(client: ApiClient, encounter: dict[str, Any]) -> Outcome:
@@ -174,9 +165,12 @@ def predict_explained(client: ApiClient, encounter: dict[str, Any]) -> Outcome:
         return Outcome(result=client.predict(encounter), note=str(exc))
 
 
-def single_encounter(client: ApiClient) -> None:
+def single_encounter(client: ApiClient, cutoffs: Cutoffs | None = None) -> None:
     values: dict[str, Any] = {}
     others: dict[str, str] = {}
+    slots: dict[str, Any] = {}  # under each field, where its error goes
+    st.caption("The form starts from the most common encounter of the data the platform was built on; change what "
+               "differs for your patient. The ? beside a field says what it holds.")
     with st.form("encounter_form"):
         for section in form.sections():
             box = st.expander(section.title) if section.in_expander else st.container()
@@ -187,6 +181,7 @@ def single_encounter(client: ApiClient) -> None:
                 for i, col in enumerate(section.columns):
                     with grid[i % GRID]:
                         values[col.name], others[col.name] = field_input(col)
+                        slots[col.name] = st.empty()
         submitted = st.form_submit_button("Predict", type="primary", key="predict")
 
     if submitted:
@@ -208,9 +203,12 @@ def single_encounter(client: ApiClient) -> None:
     if outcome.down:
         st.error(outcome.down)
     elif outcome.errors:
+        for error in outcome.errors:
+            if error.field in slots:
+                slots[error.field].error(error.message)
         show_field_errors(REJECTED, outcome.errors)
     else:
-        show_prediction(outcome.result, outcome.note)
+        show_prediction(outcome.result, cutoffs, outcome.note)
 
 
 # -- many encounters ---------------------------------------------------------------------------------
@@ -220,13 +218,17 @@ def upload_limit_mb(settings: UISettings) -> int:
     return max(1, min(settings.max_upload_mb, int(st.get_option("server.maxUploadSize"))))
 
 
-def many_encounters(client: ApiClient, chunk_size: int, limit_mb: int) -> None:
+def many_encounters(client: ApiClient, chunk_size: int, limit_mb: int, cutoffs: Cutoffs | None = None) -> None:
     st.markdown(
         "Upload a CSV in the format of `diabetic_data.csv` (the contract's column names, `?` or empty for "
         "missing), in UTF-8 (UTF-16 with a byte-order mark is read too), comma-separated (semicolons or tabs "
         f"are recognised), up to {limit_mb:,} MB. Identifiers, `readmitted` and other extra columns are kept in "
         f"the output, not sent. Rows are checked against the contract, then scored in chunks of {chunk_size:,}."
     )
+    st.download_button("Download a template CSV", data=template_csv(), file_name=TEMPLATE_NAME, mime="text/csv",
+                       key="template", on_click="ignore", icon=":material/download:",
+                       help="The columns a file needs, with one typical encounter as an example row: replace it with "
+                            "your encounters (one per row, `?` where a value is unknown).")
     upload = st.file_uploader("CSV of encounters", type=["csv"], key="csv", max_upload_size=limit_mb)
     if upload is None:
         return
@@ -249,7 +251,13 @@ def many_encounters(client: ApiClient, chunk_size: int, limit_mb: int) -> None:
     elif outcome.errors:
         show_field_errors("The file cannot be scored:", outcome.errors)
     else:
-        show_batch(outcome.result, PurePath(upload.name).stem)
+        show_batch(outcome.result, PurePath(upload.name).stem, cutoffs)
+
+
+def progress_text(done: int, total: int, chunk_size: int) -> str:
+    """``2,000 of 4,321 valid rows scored (chunk 2 of 5)``."""
+    chunks = max(1, -(-total // chunk_size))
+    return f"{done:,} of {total:,} valid rows scored (chunk {min(chunks, -(-done // chunk_size)):,} of {chunks:,})"
 
 
 def score_upload(data: bytes, client: ApiClient, chunk_size: int, limit_bytes: int) -> Outcome:
@@ -261,7 +269,7 @@ def score_upload(data: bytes, client: ApiClient, chunk_size: int, limit_bytes: i
     bar = st.progress(0.0, text=f"Checking {parsed.n_records:,} rows against the contract…")
     try:
         return Outcome(result=score_parsed(parsed, client, chunk_size, progress=lambda done, total: bar.progress(
-            done / total, text=f"{done:,} of {total:,} valid rows scored")))
+            done / total, text=progress_text(done, total, chunk_size))))
     except SchemaMismatchError as exc:
         return Outcome(refused=f"The file lacks required column(s) of the contract: {', '.join(exc.missing)}.")
     except ApiRejected as exc:
@@ -272,7 +280,7 @@ def score_upload(data: bytes, client: ApiClient, chunk_size: int, limit_bytes: i
         bar.empty()
 
 
-def show_batch(result: BatchResult, stem: str) -> None:
+def show_batch(result: BatchResult, stem: str, cutoffs: Cutoffs | None = None) -> None:
     scored = result.scored
     n_scored = int(scored["scored"].sum())
     out_of_scope = result.n_answered - n_scored
@@ -292,12 +300,19 @@ def show_batch(result: BatchResult, stem: str) -> None:
     for note in result.notes:
         st.caption(note)
     if n_scored:
-        bands = scored["risk_band"].value_counts().reindex(list(BAND_COLOURS), fill_value=0)
-        st.markdown("  ·  ".join(f":{BAND_COLOURS[b]}-badge[{b}] {n:,}" for b, n in bands.items()))
+        show_bands(scored, cutoffs)
     if len(result.rejected):
         st.warning(f"{len(result.rejected):,} row(s) rejected, not sent (row 1 = first data row; line: in the file):")
         st.dataframe(result.rejected, hide_index=True, width="stretch")
     st.download_button("Download the scored CSV", data=result.to_csv(), file_name=f"{stem}-scored.csv",
                        mime="text/csv", key="download", on_click="ignore")
-    st.caption("Preview (first 200 rows)")
-    st.dataframe(scored.head(200), width="stretch")
+    st.caption("Preview (first 200 rows): the identifiers and the scores first, then the columns of the file "
+               "(the download keeps the file's order)")
+    st.dataframe(preview(scored.head(200)), width="stretch", hide_index=True, column_config={
+        "probability": st.column_config.NumberColumn("probability", format="percent", help=PROBABILITY_LABEL)})
+
+
+def preview(scored: pd.DataFrame) -> pd.DataFrame:
+    """The scored rows for the eye: identifiers, then the scores, then the file's other columns."""
+    first = [c for c in ID_COLUMNS if c in scored.columns] + list(SCORE_COLUMNS)
+    return scored[first + [c for c in scored.columns if c not in first]]

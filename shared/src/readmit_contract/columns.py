@@ -16,6 +16,15 @@ Kinds
 ``icd9``         an ICD-9 code (``250.83``, ``V57``, ``E888``), checked by shape
 ``outcome``      the original three-valued ``readmitted`` (kept in raw data)
 
+Words for people
+----------------
+``label`` is the column's name on the clinician's form (``Lab tests`` for ``num_lab_procedures``), ``description``
+says what it holds (the form's help, the model card's and the explanations' words) and ``hint`` adds how to fill
+it in where the values are not self-explanatory. ``typical`` is the most common value of the column in the real
+``diabetic_data.csv`` (``None``: most often missing), the form's starting patient; it is not a default: an
+encounter sent to the API without a field still gets ``default`` (or is refused when there is none).
+``tests/contract/test_labels.py`` checks the declared values against the real file (marker ``real_data``).
+
 When a value is known
 ---------------------
 ``known`` says when, in a hospital stay, a column's value exists: at ``admission`` (who the patient is,
@@ -85,6 +94,12 @@ class Column:
     longer one and the stores declare the column this wide. None for integer kinds."""
     known: Known = "admission"
     """When in the stay the value exists (see the module's doc)."""
+    label: str = ""
+    """The column's name for people (the form's field label), in clinical words."""
+    hint: str = ""
+    """How to fill it in, when its values need saying (added to the form's help after ``description``)."""
+    typical: str | int | None = None
+    """Most common value in the real file (None: most often missing): the form's starting value, never a default."""
 
     def __post_init__(self) -> None:
         if not self.is_integer and self.max_length is None:
@@ -190,52 +205,81 @@ MEDICATIONS: tuple[str, ...] = (
 READMITTED_VALUES: tuple[str, ...] = ("NO", ">30", "<30")
 
 
-def _code(name: str, description: str, labels: dict[int, str], known: Known = "admission") -> Column:
-    return Column(name, "code", description, allowed=tuple(sorted(labels)), labels=labels, known=known)
+def _code(name: str, label: str, description: str, labels: dict[int, str], typical: int,
+          known: Known = "admission") -> Column:
+    return Column(name, "code", description, allowed=tuple(sorted(labels)), labels=labels, known=known, label=label,
+                  typical=typical)
 
 
-def _count(name: str, description: str, maximum: int, minimum: int = 0, known: Known = "admission") -> Column:
-    return Column(name, "integer", description, minimum=minimum, maximum=maximum, known=known)
+def _count(name: str, label: str, description: str, maximum: int, typical: int, minimum: int = 0,
+           known: Known = "admission") -> Column:
+    return Column(name, "integer", description, minimum=minimum, maximum=maximum, known=known, label=label,
+                  typical=typical)
 
 
+MEDICATION_HINT = ("No: not prescribed; Steady: prescribed, dose unchanged; Up: dose increased during the stay; "
+                   "Down: dose decreased")
+
+# typical: the mode of each column in the real diabetic_data.csv (tests/contract/test_labels.py checks them)
 COLUMNS: tuple[Column, ...] = (
-    Column("encounter_id", "id", "Unique identifier of the encounter", minimum=1, maximum=10**12, default=None),
-    Column("patient_nbr", "id", "Identifier of the patient", minimum=1, maximum=10**12, default=None),
+    Column("encounter_id", "id", "Unique identifier of the encounter", minimum=1, maximum=10**12, default=None,
+           label="Encounter ID"),
+    Column("patient_nbr", "id", "Identifier of the patient", minimum=1, maximum=10**12, default=None,
+           label="Patient number"),
     Column("race", "category", "Race", nullable=True, default=None,
-           allowed=("Caucasian", "AfricanAmerican", "Hispanic", "Asian", "Other")),
-    Column("gender", "category", "Gender", allowed=("Female", "Male", "Unknown/Invalid")),
-    Column("age", "category", "Age bracket in years", allowed=AGE_BRACKETS),
-    Column("weight", "category", "Weight bracket in pounds", nullable=True, default=None, allowed=WEIGHT_BRACKETS),
-    _code("admission_type_id", "Type of admission", _ADMISSION_TYPE),
-    _code("discharge_disposition_id", "Discharge disposition", _DISCHARGE_DISPOSITION, known="discharge"),
-    _code("admission_source_id", "Source of admission", _ADMISSION_SOURCE),
-    _count("time_in_hospital", "Days between admission and discharge", minimum=1, maximum=14, known="discharge"),
+           allowed=("Caucasian", "AfricanAmerican", "Hispanic", "Asian", "Other"), label="Race", typical="Caucasian"),
+    Column("gender", "category", "Gender", allowed=("Female", "Male", "Unknown/Invalid"), label="Gender",
+           typical="Female"),
+    Column("age", "category", "Age bracket in years", allowed=AGE_BRACKETS, label="Age", typical="[70-80)"),
+    Column("weight", "category", "Weight bracket in pounds", nullable=True, default=None, allowed=WEIGHT_BRACKETS,
+           label="Weight", hint="Rarely recorded: leave unknown when it was not measured"),
+    _code("admission_type_id", "Type of admission", "Type of admission", _ADMISSION_TYPE, typical=1),
+    _code("discharge_disposition_id", "Discharged to", "Discharge disposition", _DISCHARGE_DISPOSITION, typical=1,
+          known="discharge"),
+    _code("admission_source_id", "Admitted from", "Source of admission", _ADMISSION_SOURCE, typical=7),
+    _count("time_in_hospital", "Length of stay (days)", "Days between admission and discharge", minimum=1,
+           maximum=14, typical=3, known="discharge"),
     Column("payer_code", "open_category", "Payer (insurance) code", nullable=True, default=None,
-           allowed=PAYER_CODES),
+           allowed=PAYER_CODES, label="Payer",
+           hint="The code the hospital system records (the source does not publish what each stands for)"),
     Column("medical_specialty", "open_category", "Specialty of the admitting physician", nullable=True, default=None,
-           allowed=MEDICAL_SPECIALTIES),
-    _count("num_lab_procedures", "Lab tests performed during the encounter", minimum=0, maximum=200, known="discharge"),
-    _count("num_procedures", "Procedures (other than lab tests) performed", maximum=10, known="discharge"),
-    _count("num_medications", "Distinct generic drugs administered", maximum=150, known="discharge"),
-    _count("number_outpatient", "Outpatient visits in the year before the encounter", maximum=100),
-    _count("number_emergency", "Emergency visits in the year before the encounter", maximum=100),
-    _count("number_inpatient", "Inpatient visits in the year before the encounter", maximum=100),
-    Column("diag_1", "icd9", "Primary diagnosis (ICD-9)", nullable=True, default=None, known="discharge"),
-    Column("diag_2", "icd9", "Secondary diagnosis (ICD-9)", nullable=True, default=None, known="discharge"),
-    Column("diag_3", "icd9", "Additional secondary diagnosis (ICD-9)", nullable=True, default=None, known="discharge"),
-    _count("number_diagnoses", "Diagnoses entered into the system", minimum=1, maximum=20, known="discharge"),
+           allowed=MEDICAL_SPECIALTIES, label="Admitting physician's specialty"),
+    _count("num_lab_procedures", "Lab tests", "Lab tests performed during the encounter", minimum=0, maximum=200,
+           typical=1, known="discharge"),
+    _count("num_procedures", "Other procedures", "Procedures (other than lab tests) performed", maximum=10,
+           typical=0, known="discharge"),
+    _count("num_medications", "Medications given", "Distinct generic drugs administered", maximum=150, typical=13,
+           known="discharge"),
+    _count("number_outpatient", "Outpatient visits, past year", "Outpatient visits in the year before the encounter",
+           maximum=100, typical=0),
+    _count("number_emergency", "Emergency visits, past year", "Emergency visits in the year before the encounter",
+           maximum=100, typical=0),
+    _count("number_inpatient", "Inpatient stays, past year", "Inpatient visits in the year before the encounter",
+           maximum=100, typical=0),
+    Column("diag_1", "icd9", "Primary diagnosis (ICD-9)", nullable=True, default=None, known="discharge",
+           label="Primary diagnosis", typical="428"),
+    Column("diag_2", "icd9", "Secondary diagnosis (ICD-9)", nullable=True, default=None, known="discharge",
+           label="Secondary diagnosis", typical="276"),
+    Column("diag_3", "icd9", "Additional secondary diagnosis (ICD-9)", nullable=True, default=None, known="discharge",
+           label="Additional diagnosis", typical="250"),
+    _count("number_diagnoses", "Number of diagnoses", "Diagnoses entered into the system", minimum=1, maximum=20,
+           typical=9, known="discharge"),
     Column("max_glu_serum", "category", "Glucose serum test result (None: not measured)",
-           allowed=("None", "Norm", ">200", ">300"), default="None", known="discharge"),
+           allowed=("None", "Norm", ">200", ">300"), default="None", known="discharge", label="Serum glucose test",
+           hint=">200, >300: above 200 or 300 mg/dL; Norm: normal", typical="None"),
     Column("A1Cresult", "category", "HbA1c test result (None: not measured)",
-           allowed=("None", "Norm", ">7", ">8"), default="None", known="discharge"),
+           allowed=("None", "Norm", ">7", ">8"), default="None", known="discharge", label="HbA1c test",
+           hint=">7, >8: above 7 % or 8 %; Norm: below 7 %", typical="None"),
     *(Column(m, "category", f"Status of {m} at this encounter", allowed=MEDICATION_STATUSES, default="No",
-             known="discharge")
+             known="discharge", label=m.capitalize(), hint=MEDICATION_HINT, typical="No")
       for m in MEDICATIONS),
     Column("change", "category", "Change in diabetic medications (Ch: changed)", allowed=("No", "Ch"),
-           known="discharge"),
+           known="discharge", label="Diabetes medication changed", hint="Ch: a dose or a drug changed",
+           typical="No"),
     Column("diabetesMed", "category", "Any diabetic medication prescribed", allowed=("No", "Yes"),
-           known="discharge"),
-    Column("readmitted", "outcome", "Readmission: NO, >30 days, <30 days", allowed=READMITTED_VALUES),
+           known="discharge", label="Diabetes medication prescribed", typical="Yes"),
+    Column("readmitted", "outcome", "Readmission: NO, >30 days, <30 days", allowed=READMITTED_VALUES,
+           label="Readmission"),
 )
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -250,6 +294,12 @@ DISCHARGE_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_featu
 OUTCOME_COLUMN = "readmitted"
 
 assert len(COLUMNS) == 50, "diabetic_data.csv has 50 columns"
+
+
+def typical_record() -> dict[str, str | int | None]:
+    """The typical encounter's features (``Column.typical``), contract names, None for missing: the form's
+    starting patient and the CSV template's row."""
+    return {c.name: c.typical for c in COLUMNS if c.is_feature}
 
 
 def column(name: str) -> Column:
