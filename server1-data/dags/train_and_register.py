@@ -22,11 +22,23 @@ Runs when `preprocess_incremental` updates the `clean_encounters` Asset (or by h
 4. `record_test_metrics` — the champion's test-set metrics, computed once.
 
 Params: `candidates` (default from `CANDIDATES`), `reason` (why the run was started: `monitor_drift` gives it
-when drift or performance on arrival asks for retraining; tagged on every run as `trigger.reason`).
+when drift or performance on arrival asks for retraining; tagged on every run as `trigger.reason`), `mode`:
+
+- `retrain` (default): the above;
+- `warm_start`: `train_candidate` continues the champion with the clean train batches it has not learnt from
+  (`readmit_data.warm_start`: more boosting iterations for hist_gradient_boosting, more trees for the random
+  forest; logistic regression and the prior baseline are refused, with the reason) instead of training the
+  candidates from scratch; the continued model is logged with its lineage and goes through `register_best`'s
+  gate and model card like any candidate;
+- `learning_curve`: `train_candidate` trains the candidate (`candidates`, else the champion's) on batches 1..N for
+  every N, with the warm-started model next to each (`readmit_data.learning_curve`), and logs validation ROC-AUC
+  against training rows as one run (plot, table, metrics); `register_best` and `record_test_metrics` are
+  skipped: nothing is registered, no alias moves.
 
 Settings: `CLEAN_DB_URL`, `MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_NAME`, `MODEL_NAME`, `MODEL_ALIAS`,
-`PROMOTION_MIN_DELTA`, `PROMOTION_CONFIDENCE`, `PROMOTION_BOOTSTRAP_SAMPLES`, `PROMOTION_MAX_SUBGROUP_AUC_DROP`,
-`PROMOTION_MAX_CALIBRATION_WORSENING`, `MODEL_CARD_MIN_GROUP_ROWS`, `MODEL_CARD_BOOTSTRAP_SAMPLES`,
+`WARM_START_ITERATIONS`, `PROMOTION_MIN_DELTA`, `PROMOTION_CONFIDENCE`, `PROMOTION_BOOTSTRAP_SAMPLES`,
+`PROMOTION_MAX_SUBGROUP_AUC_DROP`, `PROMOTION_MAX_CALIBRATION_WORSENING`, `MODEL_CARD_MIN_GROUP_ROWS`,
+`MODEL_CARD_BOOTSTRAP_SAMPLES`,
 `MLFLOW_HTTP_REQUEST_TIMEOUT`, `MLFLOW_HTTP_REQUEST_MAX_RETRIES`, `MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`.
 """
 
@@ -54,6 +66,13 @@ from readmit_data.assets import CLEAN_ENCOUNTERS_ASSET
             None, type=["null", "string"],
             description="Why this run was started (monitor_drift gives it); tagged on every run as trigger.reason.",
         ),
+        "mode": Param(
+            "retrain", type="string", enum=["retrain", "warm_start", "learning_curve"],
+            description="retrain: the candidates from scratch (default); warm_start: the champion continued with the "
+                        "batches it has not learnt from, then the same gate; learning_curve: validation ROC-AUC of "
+                        "the candidate (candidates, else the champion's) trained on batches 1..N, full retraining "
+                        "and warm start, logged to MLflow; registers nothing.",
+        ),
     },
     doc_md=__doc__,
 )
@@ -74,14 +93,11 @@ def train_and_register():
 
     @task
     def candidate_names() -> list[str]:
-        from readmit_data.candidates import CANDIDATES
         from readmit_data.settings import DataSettings
+        from readmit_data.training import mode_candidates
 
-        names = get_current_context()["params"].get("candidates") or DataSettings().candidate_names
-        unknown = sorted(set(names) - set(CANDIDATES))
-        if unknown:
-            raise ValueError(f"unknown candidates {unknown}: choose from {sorted(CANDIDATES)}")
-        return list(names)
+        params = get_current_context()["params"]
+        return mode_candidates(DataSettings(), params.get("mode") or "retrain", params.get("candidates"))
 
     @task(max_active_tis_per_dagrun=1)
     def train_candidate(candidate: str, data: dict) -> dict:
@@ -95,10 +111,23 @@ def train_and_register():
         run_type = str(context["dag_run"].run_type).lower()
         reason = context["params"].get("reason") or (
             "new clean data (the clean_encounters Asset was updated)" if "asset" in run_type else "started by hand")
+        tags = {"airflow.dag_run": context["run_id"], "airflow.dag": "train_and_register",
+                "trigger.reason": reason[:5000]}
+        mode = context["params"].get("mode") or "retrain"
         with engine_for(settings.clean_db_url) as engine:
-            result = train(settings, engine, candidate, Snapshot(**data),
-                           tags={"airflow.dag_run": context["run_id"], "airflow.dag": "train_and_register",
-                                 "trigger.reason": reason[:5000]})
+            if mode == "learning_curve":
+                from readmit_data.learning_curve import run_learning_curve
+
+                curve = run_learning_curve(settings, engine, candidate, Snapshot(**data), tags=tags)
+                print(f"{candidate}: learning curve in run {curve.run_id}: {curve.verdict}; warm start: "
+                      f"{curve.warm_start}")
+                return {"mode": mode, "candidate": candidate, "run_id": curve.run_id, "verdict": curve.verdict}
+            if mode == "warm_start":
+                from readmit_data.warm_start import continue_champion
+
+                result = continue_champion(settings, engine, Snapshot(**data), tags=tags)
+            else:
+                result = train(settings, engine, candidate, Snapshot(**data), tags=tags)
         print(f"{candidate}: run {result.run_id}, validation {result.metrics}")
         return result.to_dict()
 
@@ -110,6 +139,10 @@ def train_and_register():
         from readmit_data.stores import engine_for
         from readmit_data.training import CandidateResult
 
+        if get_current_context()["params"].get("mode") == "learning_curve":
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("mode learning_curve registers nothing: the curves are runs of the experiment")
         settings = DataSettings()
         trained = [CandidateResult(**r) for r in results]
         best = best_candidate(trained)

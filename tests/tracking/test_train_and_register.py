@@ -130,3 +130,62 @@ def test_train_register_promote(tracking, model_name, clean_data, airflow_templa
     assert baseline_run.data.tags["promotion"] == challenger.tags["promotion"]
     assert baseline_run.data.tags["gate.lower_bound"] == challenger.tags["gate.lower_bound"]
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 2  # one version per run that won
+
+
+def test_training_modes_run_for_real(sqlite_tracking, model_name, clean_data, airflow_template, tmp_path):
+    """mode learning_curve, then mode warm_start, through `airflow dags test`, against a champion of the first two
+    batches: the curve registers nothing; the warm start continues the champion and goes through the gate."""
+    from readmit_data.registry import register_and_promote
+    from readmit_data.settings import DataSettings
+    from readmit_data.stores import make_engine
+    from readmit_data.training import MODE_TAG, Snapshot, take_snapshot, train_candidate
+    from threadpoolctl import threadpool_limits
+
+    from ..airflow_support import task_states
+
+    raw_url, clean_url = clean_data
+    env = {"RAW_DB_URL": raw_url, "CLEAN_DB_URL": clean_url, "MLFLOW_TRACKING_URI": sqlite_tracking.uri,
+           "MODEL_NAME": model_name, "MLFLOW_EXPERIMENT_NAME": model_name, "WARM_START_ITERATIONS": "20",
+           "PROMOTION_BOOTSTRAP_SAMPLES": "200", "MODEL_CARD_BOOTSTRAP_SAMPLES": "100",
+           "OMP_NUM_THREADS": "1"}  # OpenMP threads fighting over 2 shared cores are many times slower than one
+    settings = DataSettings(**env)
+    engine = make_engine(clean_url)
+    try:
+        full = take_snapshot(engine)
+        first = Snapshot(full.train_batches[:2], 0, full.validation_rows, full.test_rows)
+        with threadpool_limits(1):
+            trained = train_candidate(settings, engine, "hist_gradient_boosting", first)
+        assert register_and_promote(settings, engine, trained).version == "1"
+    finally:
+        engine.dispose()
+    home = clone_home(airflow_template, tmp_path / "airflow")
+    client = MlflowClient(sqlite_tracking.uri)
+    experiment = client.get_experiment_by_name(model_name)
+
+    curve = dags_test(home, "train_and_register", env, conf={"mode": "learning_curve"})
+    assert curve.returncode == 0, curve.stdout[-4000:]
+    states = {(s["task_id"], s["map_index"]): s["state"] for s in task_states(home, "train_and_register")}
+    assert states[("train_candidate", 0)] == "success" and ("train_candidate", 1) not in states
+    assert states[("register_best", -1)] == "skipped" and states[("record_test_metrics", -1)] == "skipped"
+    [run] = client.search_runs([experiment.experiment_id], f"tags.`{MODE_TAG}` = 'learning_curve'")
+    assert run.data.tags["learning_curve.candidate"] == "hist_gradient_boosting"  # the champion's candidate
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "learning_curve")} == {
+        "learning_curve/curve.png", "learning_curve/curve.csv", "learning_curve/curve.json"}
+    batches = len(full.train_batches)
+    assert len(client.get_metric_history(run.info.run_id, "curve_full_val_roc_auc")) == batches
+    assert len(client.get_metric_history(run.info.run_id, "curve_warm_start_val_roc_auc")) == batches - 1
+    assert len(client.search_model_versions(f"name = '{model_name}'")) == 1
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+
+    warm = dags_test(home, "train_and_register", env, conf={"mode": "warm_start", "reason": "a new batch"})
+    assert warm.returncode == 0, warm.stdout[-4000:]
+    [run] = client.search_runs([experiment.experiment_id], f"tags.`{MODE_TAG}` = 'warm_start'")
+    assert run.data.tags["warm_start.from_version"] == "1" and run.data.tags["trigger.reason"] == "a new batch"
+    assert run.data.tags["warm_start.new_batches"] == ",".join(full.train_batches[2:])
+    assert run.data.metrics["warm_start_estimators_after"] == 320
+    version = client.get_model_version(model_name, "2")
+    assert version.run_id == run.info.run_id and version.tags[MODE_TAG] == "warm_start"
+    assert version.tags["promotion.champion"] == "1"  # gated against the champion it was continued from
+    assert version.tags["promotion.decision"] in ("better", "not_better", "worse_calibration", "worse_subgroup")
+    holder = "champion" if version.tags["promotion.decision"] == "better" else "challenger"
+    assert client.get_model_version_by_alias(model_name, holder).version == "2"

@@ -404,8 +404,8 @@ def register_and_promote(settings: DataSettings, clean_store: Engine, best: Cand
         return _complete_existing(settings, clean_store, best, existing[0], champion, candidates)
 
     decision, digest, card_digest = decide(settings, clean_store, best, champion, candidates)
-    tags = {**decision.tags(), DIGEST_TAG: digest, CARD_DIGEST_TAG: card_digest, "candidate": best.candidate,
-            "val_roc_auc": f"{best.metrics['roc_auc']:.6f}"}
+    tags = {**best.lineage, **decision.tags(), DIGEST_TAG: digest, CARD_DIGEST_TAG: card_digest,
+            "candidate": best.candidate, "val_roc_auc": f"{best.metrics['roc_auc']:.6f}"}
     with registry_call(settings, f"registering {best.candidate} (run {best.run_id}) as a version of "
                                  f"{settings.model_name}",
                        "no alias moved; a retry of the task reuses a version this run may have created"):

@@ -93,6 +93,10 @@ class DataSettings(BaseSettings):
     search_seconds: float = Field(0.0, ge=0.0, validation_alias="SEARCH_SECONDS")
     """Time budget of the hyper-parameter search per tree candidate (Optuna over patient-grouped folds of the
     train rows; readmit_data.search). 0: the candidates' fixed parameters."""
+    warm_start_iterations: int = Field(100, ge=1, le=10_000, validation_alias="WARM_START_ITERATIONS")
+    """Boosting iterations a warm start adds to a hist_gradient_boosting model, fitted on the new batches only
+    (train_and_register's mode ``warm_start`` and the learning curve's warm-start line; readmit_data.warm_start).
+    A forest gets trees in proportion to the new rows instead."""
 
     @property
     def candidate_names(self) -> list[str]:

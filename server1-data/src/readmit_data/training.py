@@ -255,7 +255,8 @@ the batches it has not learnt from (readmit_data.warm_start), or a learning curv
 def mode_candidates(settings: DataSettings, mode: str, requested: list[str] | None) -> list[str]:
     """The candidates a train_and_register run of ``mode`` trains: ``requested`` or the ``CANDIDATES`` setting
     (retrain); the champion's candidate (warm start); ``requested``, else the champion's candidate (learning
-    curve). ``ValueError`` for an unknown mode or candidate, or when nothing says which candidate."""
+    curve). ``ValueError`` for an unknown mode or candidate; ``warm_start.WarmStartRefused`` (a ``ValueError``)
+    without a champion, or when the champion's candidate has no honest warm start."""
     from .candidates import CANDIDATES
 
     if mode not in TRAINING_MODES:
@@ -268,12 +269,22 @@ def mode_candidates(settings: DataSettings, mode: str, requested: list[str] | No
         return names or settings.candidate_names
     if mode == LEARNING_CURVE and names:
         return names
-    from .warm_start import champion_candidate
+    from .warm_start import WarmStartRefused, champion_candidate, refusal
 
-    version, candidate = champion_candidate(settings)
-    if mode == WARM_START and names and names != [candidate]:
-        raise ValueError(f"warm_start continues the champion (v{version}, {candidate}): candidates must be empty "
-                         f"or [{candidate!r}], not {names}")
+    try:
+        version, candidate = champion_candidate(settings)
+    except WarmStartRefused as exc:
+        if mode == LEARNING_CURVE:
+            raise ValueError(f"learning_curve draws the champion's candidate unless one is named: {exc}, or name the "
+                             "candidate (param candidates)") from exc
+        raise
+    if mode == WARM_START:
+        if names and names != [candidate]:
+            raise ValueError(f"warm_start continues the champion (v{version}, {candidate}): candidates must be "
+                             f"empty or [{candidate!r}], not {names}")
+        why = refusal(candidate)
+        if why is not None:
+            raise WarmStartRefused(f"champion v{version}: {why}")
     return [candidate]
 
 
@@ -287,8 +298,6 @@ def train_candidate(
     """Fit, evaluate and log one candidate; returns its run, model URI and validation metrics.
 
     ``RegistryError`` when MLflow fails at any step (the run is then marked failed, if MLflow answers)."""
-    import mlflow
-
     train = read_split(clean_store, "train", snapshot.train_batches)
     validation = read_split(clean_store, "validation")
     pipeline = build_pipeline(candidate, settings.random_seed)
