@@ -185,9 +185,10 @@ def process_tree(root: int) -> dict[int, list[str]]:
 
 
 def server_processes(root: int, timeout: float = 90.0) -> dict[int, list[str]]:
-    """The server's whole process tree, once every kind of process MLflow starts is running."""
-    kinds = {"mlflow server": ("mlflow", "server"), "uvicorn": ("uvicorn",),
-             "job runner": ("mlflow.server.jobs._job_runner",), "huey consumer": ("huey.bin.huey_consumer",)}
+    """The server's whole process tree, once every kind of process MLflow starts is running. MLflow's job runner
+    and its huey consumers are not among them: `serve` turns job execution off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION)
+    unless it is set."""
+    kinds = {"mlflow server": ("mlflow", "server"), "uvicorn": ("uvicorn",)}
     deadline = time.monotonic() + timeout
     while True:
         tree = process_tree(root)
@@ -195,6 +196,8 @@ def server_processes(root: int, timeout: float = 90.0) -> dict[int, list[str]]:
                  if any(all(word in argv for word in words) for argv in tree.values())}
         workers = [argv for argv in tree.values() if any("multiprocessing.spawn" in part for part in argv)]
         if found == set(kinds) and len(workers) >= 2:
+            jobs = [argv for argv in tree.values() if any("_job_runner" in part or "huey" in part for part in argv)]
+            assert jobs == [], jobs
             return tree
         if time.monotonic() > deadline:
             raise AssertionError(f"missing {set(kinds) - found}, {len(workers)} workers in {len(tree)} processes")
