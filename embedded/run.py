@@ -376,6 +376,12 @@ def up(source: str) -> None:
         step("3/5 Airflow: preprocess_incremental, then train_and_register")
         launched["ui"] = launch("ui", env)  # needs nothing from the DAGs: it starts while they run
         pipeline.run_dags(on_line)
+    except SystemExit as failed:
+        running = [name for name in ("mlflow", "ui", "api") if (RUN / f"{name}.pid").exists()]
+        if running:  # started before the failure (the UI and the API no longer wait for the DAGs' end)
+            raise SystemExit(f"{failed.code}\n{', '.join(running)} keep running: `make down` stops them, "
+                             "`make up` starts again from where this run stopped") from None
+        raise
     finally:
         pipeline.stop()
     after = pipeline.status

@@ -122,7 +122,8 @@ def serving(tmp_path_factory) -> Iterator[Serving]:
         good = register_logged(registry.uri, name, pipeline, "skops", trusted=skops_types(pipeline))
         client.set_registered_model_alias(name, "champion", good)
         cache = tmp / "model-cache"
-        url, process = api_process(tmp, registry.uri, name, poll_seconds=0.5, MODEL_CACHE_DIR=str(cache))
+        url, process = api_process(tmp, registry.uri, name, poll_seconds=0.5, MODEL_CACHE_DIR=str(cache),
+                                   MODEL_RELOAD_CALLERS="tests")
         with process:
             wait_http(f"{url}/ready", timeout=120)
             yield Serving(registry, client, name, url, tmp / f"api-{url.rsplit(':', 1)[1]}.log", cache, tmp,
@@ -186,6 +187,11 @@ def test_mlflow_gone_then_back_and_a_new_champion_is_followed(serving):
     assert metric(url, "readmit_api_mlflow_up") == 0.0
     assert metric(url, "readmit_api_mlflow_check_failures_total") >= failures_before + 2
     assert metric(url, "readmit_api_model_loaded") == 1.0
+    # asked to check now, with MLflow away: 503, the version it had keeps serving (the alias it saw last is stale)
+    reload = httpx.post(f"{url}/model/reload", headers=AUTH, timeout=60)
+    assert reload.status_code == 503 and reload.json()["model_version"] == before
+    assert reload.json()["last_error"].startswith("MLflow unreachable")
+    assert_no_internals(reload.text, registry.uri, serving.tmp)
 
     registry.start()  # the same store on the same port
     body = wait_ready(url, lambda b: b["mlflow_reachable"] is True and b["last_error"] is None, timeout=60)

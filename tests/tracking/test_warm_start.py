@@ -93,6 +93,30 @@ def test_boosting_continues_the_champion_with_the_new_rows(boosted, frames):
     np.testing.assert_array_equal(boosted.predict_proba(frames["validation"]), before)
 
 
+def test_the_check_of_bin_edges_tells_scikit_learns_own_warm_start_apart(boosted, frames):
+    """The guard of the private mechanism (``_split_on_edges``): the trees of this module's continuation split on
+    the champion's bin edges; those of scikit-learn's plain warm start, which re-bins the new rows, do not."""
+    import copy
+
+    from readmit_data.warm_start import _split_on_edges
+
+    champion = boosted.named_steps["model"]
+    edges = champion._bin_mapper.bin_thresholds_
+    assert _split_on_edges(champion._predictors, edges)
+    with threadpool_limits(1):
+        ours, _ = continue_pipeline(boosted, frames["new"], frames["new"][TARGET].to_numpy(), iterations=ITERATIONS,
+                                    previous_rows=len(frames["old"]))
+        plain = copy.deepcopy(boosted)
+        model = plain.named_steps["model"]
+        model.set_params(warm_start=True, max_iter=300 + ITERATIONS)
+        few = frames["new"].head(300)  # fewer rows, fewer distinct values: bin edges of their own
+        model.fit(plain.named_steps["features"].transform(few), few[TARGET].to_numpy())
+    assert any(len(a) != len(b) or (a != b).any()
+               for a, b in zip(model._bin_mapper.bin_thresholds_, edges, strict=True))
+    assert _split_on_edges(ours.named_steps["model"]._predictors[300:], edges)
+    assert not _split_on_edges(model._predictors[300:], edges)
+
+
 def test_continuing_on_the_champions_own_rows_is_a_longer_fit(frames):
     """The continued trees start from the champion's own predictions: on the rows it was fitted on (the same bin
     edges either way), continuing 300 iterations by 30 gives exactly the model of a 330-iteration fit."""

@@ -165,10 +165,26 @@ def _continue_boosting(model: HistGradientBoostingClassifier, X: np.ndarray, y: 
     finally:
         vars(model).pop("_bin_data", None)
         model.set_params(warm_start=False)
-    if model._bin_mapper is not mapper:
+    if model._bin_mapper is not mapper or not _split_on_edges(model._predictors[before:], mapper.bin_thresholds_):
         raise RuntimeError("scikit-learn replaced the model's bin edges: this scikit-learn's warm start is not the "
                            "one readmit_data.warm_start was written for")
     return Continuation("boosting iterations", before, int(model.n_iter_))
+
+
+def _split_on_edges(predictors: list, thresholds: list[np.ndarray]) -> bool:
+    """Whether every numeric split of these trees lies on one of ``thresholds`` (the champion's bin edges), at
+    the bin it was grown on: the raw threshold scikit-learn stores with each node is the edge of its bin (infinity
+    for a split that sends only missing values right), so trees grown on other edges fail this."""
+    for per_class in predictors:
+        for tree in per_class:
+            nodes = tree.nodes[(tree.nodes["is_leaf"] == 0) & (tree.nodes["is_categorical"] == 0)]
+            for feature, bin_index, threshold in zip(nodes["feature_idx"], nodes["bin_threshold"],
+                                                     nodes["num_threshold"], strict=True):
+                edges = thresholds[feature]
+                expected = edges[bin_index] if bin_index < len(edges) else np.inf
+                if not (threshold == expected or np.isinf(threshold)):
+                    return False
+    return True
 
 
 def _continue_forest(forest: RandomForestClassifier | ExtraTreesClassifier, X: np.ndarray, y: np.ndarray,

@@ -73,9 +73,11 @@ class AuthSettings(BaseSettings):
     experiment_name: str = Field("diabetes-readmission", validation_alias="MLFLOW_EXPERIMENT_NAME")
     cache_ttl_seconds: int = Field(60, ge=0, le=3600, validation_alias="MLFLOW_AUTH_CACHE_TTL_SECONDS")
     """How long a server process reuses a checked user name and password (MLflow's auth_cache_ttl_seconds: an
-    in-memory cache keyed by an HMAC of the pair under a per-process random key; a password changed through
-    MLflow's API drops the user's entries at once). Each check is a scrypt hash, ~50-150 ms of a core by design,
-    paid otherwise by every request of training, the API's watcher and the notebook. 0: no cache."""
+    in-memory cache of each worker process, keyed by an HMAC of the pair under a per-process random key; a
+    password or admin flag changed through MLflow's API drops the user's entries only in the worker that handled
+    the change: the other workers and replicas still accept the old password, or the old flag, for up to this
+    long). Each check is a scrypt hash, ~50-150 ms of a core by design, paid otherwise by every request of
+    training, the API's watcher and the notebook. 0: no cache."""
 
     @property
     def enabled(self) -> bool:

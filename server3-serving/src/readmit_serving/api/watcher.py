@@ -126,13 +126,15 @@ class ModelWatcher:
 
     # -- one check ---------------------------------------------------------------------------------------------
 
-    def check_once(self) -> None:
-        """Ask where the alias points and load that version if it is not the one served (nor refused). A check
-        asked for while another runs waits for it, then checks again (the alias may have moved meanwhile)."""
+    def check_once(self) -> str:
+        """Ask where the alias points and load that version if it is not the one served (nor refused); returns
+        the outcome: ``serving`` (the alias's version serves), ``refused``, ``missing`` (no such alias),
+        ``lookup_failed`` (MLflow did not answer or refused the API) or ``load_failed``. A check asked for while
+        another runs waits for it, then checks again (the alias may have moved meanwhile)."""
         with self._checking:
-            self._check()
+            return self._check()
 
-    def _check(self) -> None:
+    def _check(self) -> str:
         import mlflow
 
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -140,30 +142,29 @@ class ModelWatcher:
         try:
             version = str(self.client.get_model_version_by_alias(self.name, self.alias).version)
         except Exception as exc:  # noqa: BLE001 - whatever happened, keep serving and say so in words
-            self._lookup_failed(exc)
-            return
+            return "missing" if self._lookup_failed(exc) == "missing" else "lookup_failed"
         self._checked(answered=True, ok=True)
         self.status.alias_version = version
         current = self.holder.current
         if current is not None and current.version == version:
             self._forget_refusal()
             self.status.last_error = None
-            return
+            return "serving"
         if self.status.refused_version == version:  # refused already: not downloaded again until the alias moves
             self.status.last_error = self._refusal_message
-            return
+            return "refused"
         self._forget_refusal()
         try:
             model = load_version(self.client, self.name, version, self.alias, self.cache_dir, self.tracking_uri)
         except ArtifactRefused as refused:
             self._refuse(version, refused)
-            return
+            return "refused"
         except Exception as exc:  # noqa: BLE001 - keep serving the old model
             metrics.MODEL_RELOADS.labels(result="failure").inc()
             kind = "credentials" if failure_kind(exc) == "credentials" else "load_failed"
             self.status.last_error = self._message(kind, version)
             log.warning("loading %s v%s failed: %s: %s", self.name, version, type(exc).__name__, exc)
-            return
+            return "load_failed"
         previous = self.holder.swap(model)
         metrics.MODEL_RELOADS.labels(result="success").inc()
         metrics.MODEL_LOADED.set(1)
@@ -176,6 +177,7 @@ class ModelWatcher:
         settle_heap()
         if self.compile_trees and model.predictor == INTERPRETED:
             threading.Thread(target=self._compile, args=(model,), name="trees-compile", daemon=True).start()
+        return "serving"
 
     def _compile(self, model: LoadedModel) -> None:
         """Compile the trees of ``model`` (serving meanwhile) and put the compiled model in its place if it
@@ -187,7 +189,8 @@ class ModelWatcher:
             log.info("serving %s v%s with compiled trees", self.name, model.version)
             settle_heap()
 
-    def _lookup_failed(self, exc: Exception) -> None:
+    def _lookup_failed(self, exc: Exception) -> str:
+        """Record a failed lookup of the alias; returns its kind (``failure_kind``)."""
         kind = failure_kind(exc)
         if kind == "missing":  # MLflow answered: no such model or alias yet (the alias points at nothing)
             self._checked(answered=True, ok=True)
@@ -199,6 +202,7 @@ class ModelWatcher:
         self.status.last_error = self._message(kind)
         log.warning("looking up %s@%s failed (%s): %s: %s", self.name, self.alias, kind, type(exc).__name__,
                     str(exc)[:1000])
+        return kind
 
     def _refuse(self, version: str, refused: ArtifactRefused) -> None:
         metrics.MODEL_RELOADS.labels(result="refused").inc()

@@ -63,6 +63,8 @@ async def model_card(services: ServicesDep) -> Response:
 
 
 RELOAD_FORBIDDEN = "this caller may not reload the model (MODEL_RELOAD_CALLERS)"
+RELOAD_STATUS = {"serving": 200, "refused": 409}
+"""The answer's status by the check's outcome (``ModelWatcher.check_once``); any other outcome is 503."""
 
 
 @router.post("/model/reload", response_model=Readiness, summary="Check the model alias now",
@@ -82,12 +84,6 @@ RELOAD_FORBIDDEN = "this caller may not reload the model (MODEL_RELOAD_CALLERS)"
 async def reload_model(request: Request, services: ServicesDep) -> JSONResponse:
     if request.scope.get("state", {}).get("caller") not in services.settings.model_reload_callers:
         raise HTTPException(status_code=403, detail=RELOAD_FORBIDDEN)
-    await asyncio.to_thread(services.watcher.check_once)
-    body = readiness(services)
-    if body.model_version is not None and body.model_version == body.alias_version:
-        status = 200
-    elif body.refused_version is not None and body.refused_version == body.alias_version:
-        status = 409
-    else:
-        status = 503
-    return JSONResponse(body.model_dump(), status_code=status)
+    outcome = await asyncio.to_thread(services.watcher.check_once)
+    status = RELOAD_STATUS.get(outcome, 503)  # what this check found, not what the status says since
+    return JSONResponse(readiness(services).model_dump(), status_code=status)
