@@ -385,3 +385,15 @@ def test_an_exception_in_a_handler_is_a_generic_500(caplog):
         assert needle not in failed.text
     (record,) = [r for r in caplog.records if body["request_id"] in r.getMessage()]
     assert "caller tests" in record.getMessage() and "db.internal:3306" in str(record.exc_info[1])
+
+
+def test_reload_callers_unknown_to_api_keys_are_named_in_the_log(caplog):
+    from readmit_serving.api.main import create_app
+    from readmit_serving.settings import ServingSettings
+
+    with caplog.at_level(logging.WARNING, logger="readmit_serving.api.main"):
+        create_app(ServingSettings(API_KEYS=API_KEYS, MODEL_RELOAD_CALLERS="tests,nobody"))
+    warned = [r.getMessage() for r in caplog.records if "MODEL_RELOAD_CALLERS" in r.getMessage()]
+    assert warned == ["MODEL_RELOAD_CALLERS names callers API_KEYS does not know (nobody): they cannot reload "
+                      "the model"]
+    assert not any(key in message for key in KEYS.values() for message in warned)

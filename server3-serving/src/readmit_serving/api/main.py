@@ -14,6 +14,7 @@ variable (never its value).
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -40,6 +41,8 @@ from .model import ModelHolder
 from .prediction_log import PredictionLog
 from .routes import health, model, predict
 from .watcher import ModelWatcher, settle_heap
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
@@ -94,6 +97,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                        deadline_ms=settings.request_deadline_ms, shedder=shedder)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.body_limit)
     app.add_middleware(ApiKeyMiddleware, keys=KeyRing(settings.api_keys), open_paths=open_)
+    unknown = sorted(settings.model_reload_callers - {k.name for k in settings.api_keys})
+    if unknown:  # names only, never a key
+        log.warning("MODEL_RELOAD_CALLERS names callers API_KEYS does not know (%s): they cannot reload the "
+                    "model", ", ".join(unknown))
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(PrometheusMiddleware, known_paths=frozenset(
         route.path for route in app.routes if "{" not in getattr(route, "path", "{")) | {"/metrics"})
