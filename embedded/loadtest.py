@@ -86,7 +86,7 @@ def api_url(env: dict[str, str]) -> str:
 
 def read_key() -> str:
     """The load test's key from credentials.env (read only: make up draws it)."""
-    shown = shown_path(embedded.CREDENTIALS)
+    shown = embedded.shown_path(embedded.CREDENTIALS)
     if not embedded.CREDENTIALS.exists():
         raise SystemExit(f"loadtest: no credentials at {shown}: run `make up` first (it draws them)")
     for line in embedded.CREDENTIALS.read_text().splitlines():
@@ -131,7 +131,8 @@ def check_api(url: str, key: str) -> dict[str, Any]:
                          "wait until `make up` says the API is ready, then run `make loadtest` again")
     status, model = get(f"{url}/model", key)
     if status in (401, 403):
-        raise SystemExit(f"loadtest: the API at {url} refused {KEY_NAME} of {shown_path(embedded.CREDENTIALS)}: "
+        credentials = embedded.shown_path(embedded.CREDENTIALS)
+        raise SystemExit(f"loadtest: the API at {url} refused {KEY_NAME} of {credentials}: "
                          "it was not started by `make up` with this state folder (READMIT_STATE_DIR)")
     if status != 200:
         raise SystemExit(f"loadtest: the API at {url} answered GET /model with {status}: see {embedded.LOGS}")
@@ -139,10 +140,6 @@ def check_api(url: str, key: str) -> dict[str, Any]:
 
 
 # -- the search -----------------------------------------------------------------------------------------------
-
-
-def shown_path(path: Path) -> Path:
-    return path.relative_to(embedded.ROOT) if path.is_relative_to(embedded.ROOT) else path
 
 
 def report_folder() -> Path:
@@ -303,7 +300,7 @@ def summary(report: dict[str, Any], folder: Path) -> list[str]:
         lines.append("  capacity: no step was measured to its end")
     lines.append(f"  note: Locust ran beside the API on this machine's {os.cpu_count()} cores: the API alone "
                  "(as in the cluster) has more room")
-    lines.append(f"report: {shown_path(folder)}/")
+    lines.append(f"report: {embedded.shown_path(folder)}/")
     lines += [f"  {name}" for name in REPORT_FILES]
     return lines
 
@@ -325,15 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  objective: p95 of POST /predict <= {settings.slo_p95_ms:g} ms, errors <= {settings.max_error_ratio:.1%}",
           flush=True)
     print(f"  search: {plan(settings)}", flush=True)
-    print(f"  report and Locust's log: {shown_path(folder)}/", flush=True)
+    print(f"  report and Locust's log: {embedded.shown_path(folder)}/", flush=True)
     progress = Progress(out, settings.step_seconds, live=out.isatty())
     code = run_search(child, url, folder, progress)
     report_json = folder / "capacity-report.json"
     if not report_json.exists():
         tail = (folder / "locust.log").read_text(errors="replace")[-3000:]
         print(tail, file=sys.stderr)
-        print(f"loadtest: no report was written (Locust exit {code}); Locust's log: {shown_path(folder)}/locust.log",
-              file=sys.stderr)
+        print(f"loadtest: no report was written (Locust exit {code}); Locust's log: "
+              f"{embedded.shown_path(folder)}/locust.log", file=sys.stderr)
         return 1
     for line in summary(json.loads(report_json.read_text()), folder):
         print(line, flush=True)

@@ -135,6 +135,11 @@ def step(message: str | None) -> None:
         _current_step.extend([time.perf_counter(), message.split(" ", 1)[0]])
 
 
+def shown_path(path: Path) -> Path:
+    """``path`` as people are shown it: relative to the checkout when inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def read_env() -> dict[str, str]:
     """.env.embedded, with ${VAR} references to earlier entries and to the process environment expanded."""
     env: dict[str, str] = {}
@@ -241,7 +246,7 @@ class DagOutput:
     def finish(self, ok: bool, seconds: float | None = None) -> None:
         self.log.close()
         seconds = time.perf_counter() - self.started if seconds is None else seconds
-        shown = self.log_path.relative_to(ROOT) if self.log_path.is_relative_to(ROOT) else self.log_path
+        shown = shown_path(self.log_path)
         if not ok:
             raise SystemExit(f"DAG {self.dag_id} failed; see {shown}")
         print(f"  {self.dag_id}: success in {seconds:.0f} s (log: {shown})")
@@ -412,8 +417,7 @@ def up(source: str) -> None:
     print(f"  API docs       {base_url(env, 'API_PORT')}/docs")
     print(f"  API metrics    {base_url(env, 'API_PORT')}/metrics")
     print(f"  MLflow         {base_url(env, 'MLFLOW_PORT')}")
-    shown = CREDENTIALS.relative_to(ROOT) if CREDENTIALS.is_relative_to(ROOT) else CREDENTIALS
-    print(f"\nCredentials (drawn on the first run, mode 0600): {shown}")
+    print(f"\nCredentials (drawn on the first run, mode 0600): {shown_path(CREDENTIALS)}")
     print("  Streamlit UI: UI_USERNAME / UI_PASSWORD; MLflow: MLFLOW_AUTH_READER_USERNAME / _PASSWORD (read-only);")
     print("  API: header X-API-Key with API_KEY_HOSPITAL (e.g. in /docs, Authorize)")
     step(None)

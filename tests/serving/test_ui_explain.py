@@ -4,14 +4,11 @@ sentence instead when the model cannot be explained or has no card."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
-from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 
 APP = Path(__file__).resolve().parents[2] / "server3-serving" / "ui" / "app.py"
 sys.path.insert(0, str(APP.parent))  # the UI's modules live beside app.py (not an installed package)
@@ -21,23 +18,12 @@ from readmit_ui.client import NOT_EXPLAINABLE  # noqa: E402
 from readmit_ui.explanation import HOW_TO_READ, LOWERS, RAISES, WHY_FACTORS, WHY_TITLE  # noqa: E402
 
 from .conftest import AUTH  # noqa: E402
-from .test_ui import CHANGES, assert_no_internal_detail, fill, run_app, typical_encounter  # noqa: E402
+from .test_ui import CHANGES, assert_no_internal_detail, charts, fill, run_app, typical_encounter  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 CARD_SECTIONS = ["Intended use", "Data", "Performance", "Calibration", "Subgroups", "Decision threshold",
                  "What drives the model", "Limitations"]
-
-
-def charts(at) -> list[tuple[dict, pd.DataFrame]]:
-    """Each Vega-Lite chart on the page: its spec and its data (every dataset, stacked)."""
-    found = []
-    for chart in at.get("vega_lite_chart"):
-        frames = [convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets]
-        if chart.proto.data.data:
-            frames.append(convert_arrow_bytes_to_pandas_df(chart.proto.data.data))
-        found.append((json.loads(chart.proto.spec), pd.concat(frames, ignore_index=True)))
-    return found
 
 
 def texts(elements) -> list[str]:
